@@ -1,0 +1,25 @@
+"""The project's own exception types: third-party errors are translated at this edge."""
+
+
+class AstraResourceError(RuntimeError):
+    """Base class for failures of an external component."""
+
+
+class KafkaUnavailable(AstraResourceError):
+    """The Kafka cluster could not be reached or refused a request."""
+
+
+class LedgerAheadOfBroker(AstraResourceError):
+    """The ingest ledger points past the end of a partition: the broker lost its log."""
+
+
+class WarehouseLocked(AstraResourceError):
+    """Another process held the DuckDB file lock for longer than we were willing to wait."""
+
+
+class WarehouseError(AstraResourceError):
+    """DuckDB rejected a statement or could not open the file."""
+
+
+class BrokerStartError(AstraResourceError):
+    """The embedded broker did not start."""

@@ -1,0 +1,155 @@
+"""The warehouse side of exactly-once ingestion: the ledger and the batch transaction.
+
+``ops.ingest_ledger`` is the truth of what has been ingested. A batch's rows and its
+ledger rows are written in one DuckDB transaction, after checking that the ledger still
+ends where the batch starts; so a replayed or concurrent batch can neither duplicate nor
+skip a range.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import polars as pl
+
+from resources.errors import WarehouseError
+from resources.tables import (
+    DEAD_LETTER_EVENTS,
+    DUPLICATE_EVENTS,
+    INGEST_LEDGER,
+    RAW_EVENTS,
+    SENSOR_READINGS,
+    USER_ACTIVITY,
+)
+from resources.warehouse import WarehouseSession
+
+
+class LedgerConflict(WarehouseError):
+    """The ledger moved since the batch was read: another writer ingested the range."""
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """Rows of one batch for each ingest table (columns named as the tables')."""
+
+    raw_events: pl.DataFrame
+    sensor_readings: pl.DataFrame
+    user_activity: pl.DataFrame
+    dead_letters: pl.DataFrame
+    duplicates: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class BatchWritten:
+    sensor_readings: int
+    user_activity: int
+    dead_letters: int
+    duplicates: int
+    """In-batch duplicates plus copies of event_ids stored by earlier batches."""
+
+
+def next_offsets(session: WarehouseSession, topic: str) -> dict[int, int]:
+    """Per partition, the first offset the ledger has not recorded."""
+    frame = session.query(
+        f'SELECT "partition", max(end_offset) AS next_offset FROM {INGEST_LEDGER} '
+        'WHERE topic = ? GROUP BY "partition"',
+        [topic],
+    )
+    return {int(p): int(o) for p, o in frame.rows()}
+
+
+def write_batch(
+    session: WarehouseSession,
+    *,
+    topic: str,
+    batch_id: str,
+    run_id: str | None,
+    start_offsets: Mapping[int, int],
+    end_offsets: Mapping[int, int],
+    rows: BatchRows,
+    committed_at: dt.datetime,
+) -> BatchWritten:
+    """Write one batch; call inside ``DuckDBWarehouseResource.transaction()``."""
+    recorded = next_offsets(session, topic)
+    moved = {
+        p: (recorded.get(p, 0), start)
+        for p, start in start_offsets.items()
+        if recorded.get(p, 0) != start
+    }
+    if moved:
+        raise LedgerConflict(
+            f"the ledger of {topic} moved while the batch was read "
+            f"(partition: (ledger next, batch start)) {moved}; the batch is discarded"
+        )
+    session.append(RAW_EVENTS, rows.raw_events)
+    kept_sensors, late_sensor_dups = _insert_new_events(
+        session, SENSOR_READINGS, "sensor_reading", rows.sensor_readings
+    )
+    kept_users, late_user_dups = _insert_new_events(
+        session, USER_ACTIVITY, "user_activity", rows.user_activity
+    )
+    session.append(DEAD_LETTER_EVENTS, rows.dead_letters)
+    session.append(DUPLICATE_EVENTS, rows.duplicates)
+    ledger = pl.DataFrame(
+        [
+            {
+                "batch_id": batch_id,
+                "run_id": run_id,
+                "topic": topic,
+                "partition": p,
+                "start_offset": start_offsets[p],
+                "end_offset": end,
+                "message_count": count,
+                "committed_at": committed_at,
+            }
+            for p, end in sorted(end_offsets.items())
+            if (count := _count(rows.raw_events, p)) > 0
+        ],
+        schema={
+            "batch_id": pl.String,
+            "run_id": pl.String,
+            "topic": pl.String,
+            "partition": pl.Int32,
+            "start_offset": pl.Int64,
+            "end_offset": pl.Int64,
+            "message_count": pl.Int64,
+            "committed_at": pl.Datetime("us", "UTC"),
+        },
+    )
+    session.append(INGEST_LEDGER, ledger)
+    return BatchWritten(
+        sensor_readings=kept_sensors,
+        user_activity=kept_users,
+        dead_letters=rows.dead_letters.height,
+        duplicates=rows.duplicates.height + late_sensor_dups + late_user_dups,
+    )
+
+
+def _count(raw: pl.DataFrame, partition: int) -> int:
+    return int(raw.filter(pl.col("partition") == partition).height)
+
+
+def _insert_new_events(
+    session: WarehouseSession, table: str, event_type: str, frame: pl.DataFrame
+) -> tuple[int, int]:
+    """Insert events whose event_id is not stored yet; record the others as duplicates."""
+    if frame.height == 0:
+        return 0, 0
+    with session.with_frame("_batch_events", frame):
+        # DuckDB answers an INSERT with the number of rows it inserted.
+        late_duplicates = int(
+            session.scalar(
+                f"INSERT INTO {DUPLICATE_EVENTS} "
+                'SELECT b.event_id, ?, b.topic, b."partition", b."offset", b.ingested_at, '
+                "b.batch_id FROM _batch_events AS b WHERE EXISTS "
+                f"(SELECT 1 FROM {table} AS t WHERE t.event_id = b.event_id)",
+                [event_type],
+            )
+        )
+        session.execute(
+            f"INSERT INTO {table} BY NAME SELECT * FROM _batch_events AS b WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {table} AS t WHERE t.event_id = b.event_id)"
+        )
+    return frame.height - late_duplicates, late_duplicates

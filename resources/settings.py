@@ -1,0 +1,64 @@
+"""The one module that names environment variables.
+
+Everything configurable is read here, when the code location loads (never at import
+time), and handed to resources, sensors and the CLI as a typed object. Every variable is
+listed with its default in `.env.example`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the platform cannot use."""
+
+
+class AstraSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    topic_raw: str = "events_raw"
+    topic_deadletter: str = "events_deadletter"
+    topic_alerts: str = "events_alerts"
+    raw_partitions: int = Field(default=6, ge=1)
+    consumer_group: str = "astra-ingest"
+    duckdb_path: Path = Path("data/astra.duckdb")
+    duckdb_lock_timeout_s: float = Field(default=30.0, gt=0)
+    max_batch_size: int = Field(default=100_000, ge=1)
+    run_time_budget_s: float = Field(default=60.0, gt=0)
+    sensor_interval_s: int = Field(default=5, ge=1)
+    sensor_running_by_default: bool = True
+    deadletter_rate_threshold: float = Field(default=0.05, ge=0, le=1)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AstraSettings:
+        """Build settings from ``ASTRA_*`` variables; unset ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, str] = {}
+        for name in cls.model_fields:
+            key = env_var_name(name)
+            if key in env and env[key] != "":
+                values[name] = env[key]
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{env_var_name(str(e['loc'][0]))}={values.get(str(e['loc'][0]))!r}: {e['msg']}"
+                for e in error.errors(include_url=False)
+            )
+            raise SettingsError(f"invalid environment: {problems}") from None
+
+
+def env_var_name(field: str) -> str:
+    return f"ASTRA_{field.upper()}"
+
+
+def env_var_defaults() -> dict[str, str]:
+    """Every variable with its default, as `.env.example` lists them."""
+    defaults = AstraSettings()
+    return {env_var_name(name): str(getattr(defaults, name)) for name in AstraSettings.model_fields}

@@ -1,0 +1,161 @@
+"""DuckDB warehouse: one file, one writing process at a time, short connections.
+
+DuckDB takes an exclusive file lock for a read-write connection (and a shared one for
+read-only). We never hold a connection longer than one transaction, and when another
+process holds the lock we back off and retry for a bounded time, then fail with an error
+that names the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+import polars as pl
+from pydantic import Field
+
+from resources.errors import WarehouseError, WarehouseLocked
+from resources.tables import DDL
+
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>.*?) \(PID (?P<pid>\d+)\)")
+
+
+def describe_lock_holder(message: str) -> str:
+    """Name the process behind DuckDB's lock error: its PID and command line."""
+    match = _LOCK_HOLDER.search(message)
+    if not match:
+        return "an unknown process"
+    pid = match.group("pid")
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        return f"PID {pid} ({cmdline.strip()[:200]})"
+    except OSError:
+        return f"PID {pid} ({match.group('exe')})"
+
+
+def _is_lock_error(error: duckdb.Error) -> bool:
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+
+
+class WarehouseSession:
+    """One open DuckDB connection; the only way callers outside `resources/` touch SQL."""
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
+        self._con = connection
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        try:
+            self._con.execute(sql, params)
+        except duckdb.Error as error:
+            raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        try:
+            return self._con.execute(sql, params).pl()
+        except duckdb.Error as error:
+            raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
+
+    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        try:
+            row = self._con.execute(sql, params).fetchone()
+        except duckdb.Error as error:
+            raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
+        return None if row is None else row[0]
+
+    def append(self, table: str, frame: pl.DataFrame) -> int:
+        """Insert a frame's columns by name; returns the number of rows inserted."""
+        if frame.height == 0:
+            return 0
+        view = f"_frame_{id(frame)}"
+        self._con.register(view, frame.to_arrow())
+        try:
+            self.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view}")
+        finally:
+            self._con.unregister(view)
+        return frame.height
+
+    def with_frame(self, name: str, frame: pl.DataFrame) -> contextlib.AbstractContextManager[None]:
+        """Expose a frame as a temporary view for a statement that joins against it."""
+
+        @contextlib.contextmanager
+        def registered() -> Iterator[None]:
+            self._con.register(name, frame.to_arrow())
+            try:
+                yield
+            finally:
+                self._con.unregister(name)
+
+        return registered()
+
+
+class DuckDBWarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """The DuckDB file holding the raw, clean, agg, features, ml and ops schemas."""
+
+    path: str = Field(description="Path of the DuckDB file; its folder is created.")
+    lock_timeout_s: float = Field(
+        default=30.0, description="How long to wait for another process's file lock."
+    )
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        path = Path(self.path)
+        if read_only and not path.exists():
+            raise WarehouseError(
+                f"no warehouse at {path}: nothing has been ingested yet "
+                "(or ASTRA_DUCKDB_PATH points elsewhere)"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.02
+        while True:
+            try:
+                return duckdb.connect(str(path), read_only=read_only)
+            except duckdb.Error as error:
+                if not _is_lock_error(error):
+                    raise WarehouseError(f"cannot open {path}: {error}") from error
+                if time.monotonic() + delay > deadline:
+                    raise WarehouseLocked(
+                        f"{path} is locked by {describe_lock_holder(str(error))}; gave up "
+                        f"after {self.lock_timeout_s:.0f}s (DuckDB allows one writing "
+                        "process: stop that process or wait for its run to finish)"
+                    ) from error
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+
+    @contextlib.contextmanager
+    def session(self, read_only: bool = False) -> Iterator[WarehouseSession]:
+        """A short-lived connection, closed on exit."""
+        con = self._connect(read_only)
+        try:
+            yield WarehouseSession(con)
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[WarehouseSession]:
+        """A read-write connection inside one transaction: all of it commits, or none."""
+        with self.session() as session:
+            session.execute("BEGIN TRANSACTION")
+            try:
+                yield session
+            except BaseException:
+                with contextlib.suppress(WarehouseError):
+                    session.execute("ROLLBACK")
+                raise
+            session.execute("COMMIT")
+
+    def ensure_schema(self) -> None:
+        with self.transaction() as tx:
+            for statement in DDL:
+                tx.execute(statement)
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
+        """Run one read-only query; the file is opened read-only and closed again."""
+        with self.session(read_only=True) as session:
+            return session.query(sql, params)
