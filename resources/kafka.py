@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import dagster as dg
 import polars as pl
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import Field
 
 from resources.errors import KafkaUnavailable, LedgerAheadOfBroker
@@ -74,14 +74,14 @@ class KafkaRangeReader:
                     )
                 for message in messages:
                     error = message.error()
+                    partition = message.partition() or 0
                     if error is not None:
-                        self._handle_error(error, message.partition(), start_offsets)
-                        at_eof.add(message.partition())
+                        self._handle_error(error, partition, start_offsets)
+                        at_eof.add(partition)
                         continue
-                    partition = message.partition()
                     at_eof.discard(partition)
                     partitions.append(partition)
-                    offsets.append(message.offset())
+                    offsets.append(message.offset() or 0)
                     keys.append(message.key())
                     values.append(message.value())
                     stamp_type, stamp = message.timestamp()
@@ -138,7 +138,7 @@ class KafkaProducer:
         topic: str,
         value: bytes,
         key: bytes | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         while True:
             try:
@@ -194,7 +194,9 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         try:
             return Consumer(config)
         except KafkaException as error:
-            raise KafkaUnavailable(f"creating a consumer for {self.bootstrap_servers}: {error}")
+            raise KafkaUnavailable(
+                f"creating a consumer for {self.bootstrap_servers}: {error}"
+            ) from error
 
     @contextlib.contextmanager
     def _short_consumer(self) -> Iterator[Consumer]:
@@ -287,7 +289,9 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         try:
             existing = set(admin.list_topics(timeout=self.timeout_s).topics)
         except KafkaException as error:
-            raise KafkaUnavailable(f"listing topics on {self.bootstrap_servers}: {error}") from error
+            raise KafkaUnavailable(
+                f"listing topics on {self.bootstrap_servers}: {error}"
+            ) from error
         wanted = [
             NewTopic(name, num_partitions=count, replication_factor=1)
             for name, count in partitions_by_topic.items()

@@ -58,7 +58,7 @@ class WarehouseSession:
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         try:
-            return self._con.execute(sql, params).pl()
+            return pl.from_arrow(self._con.execute(sql, params).to_arrow_table())  # type: ignore[return-value]
         except duckdb.Error as error:
             raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
 

@@ -57,7 +57,11 @@ def build_ingest_frames(
         pl.lit(ingested, dtype=pl.Datetime("us", "UTC")).alias("ingested_at"),
         pl.lit(batch_id).alias("batch_id"),
     ]
-    raw = messages.with_columns(*stamp).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    raw = (
+        messages.with_columns(*stamp)
+        .with_row_index("row")
+        .with_columns(pl.col("row").cast(pl.Int64))
+    )
     verdict = validate_messages(raw["value"].to_list(), now=ingested)
     coordinates = raw.select("row", *_COORDINATES, "ingested_at", "batch_id")
 
@@ -68,12 +72,18 @@ def build_ingest_frames(
     duplicates = pl.concat(
         [
             sensor_dedup.duplicates.select(
-                "event_id", pl.lit("sensor_reading").alias("event_type"), *_COORDINATES,
-                "ingested_at", "batch_id",
+                "event_id",
+                pl.lit("sensor_reading").alias("event_type"),
+                *_COORDINATES,
+                "ingested_at",
+                "batch_id",
             ),
             user_dedup.duplicates.select(
-                "event_id", pl.lit("user_activity").alias("event_type"), *_COORDINATES,
-                "ingested_at", "batch_id",
+                "event_id",
+                pl.lit("user_activity").alias("event_type"),
+                *_COORDINATES,
+                "ingested_at",
+                "batch_id",
             ),
         ]
     )
@@ -81,9 +91,7 @@ def build_ingest_frames(
         *_COORDINATES, "key", "value", "reason", "kafka_ts", "ingested_at", "batch_id"
     )
     return IngestFrames(
-        raw_events=raw.select(
-            *_COORDINATES, "key", "value", "kafka_ts", "ingested_at", "batch_id"
-        ),
+        raw_events=raw.select(*_COORDINATES, "key", "value", "kafka_ts", "ingested_at", "batch_id"),
         sensor_readings=sensor_dedup.kept.drop("row"),
         user_activity=user_dedup.kept.drop("row"),
         dead_letters=dead_letters.sort("partition", "offset"),

@@ -134,14 +134,14 @@ def validate_messages(values: list[bytes | None], now: dt.datetime) -> Validated
             continue
         try:
             event = decode(value)
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
             slow.append(index)
             continue
         if type(event) is _FastSensor:
             sensors.append(event)
             sensor_rows.append(index)
         else:
-            users.append(event)  # type: ignore[arg-type]
+            users.append(event)
             user_rows.append(index)
 
     sensor_frame = _columns(sensors, SENSOR_FIELDS, sensor_rows, SENSOR_SCHEMA)

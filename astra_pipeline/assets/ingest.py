@@ -1,0 +1,192 @@
+"""Group `ingest`: Kafka micro-batches into raw_events, cleaned_events, dead_letter_events.
+
+The three tables and the ledger are written in one DuckDB transaction per batch, so they
+are one multi-asset: read a range from Kafka, transform (pure), write, commit offsets.
+"""
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from astra_pipeline.transforms.ingest_batch import build_ingest_frames
+from resources.ingest_store import BatchRows, next_offsets, write_batch
+from resources.kafka import KafkaBatch, KafkaResource
+from resources.warehouse import DuckDBWarehouseResource
+
+RAW_EVENTS = dg.AssetKey("raw_events")
+CLEANED_EVENTS = dg.AssetKey("cleaned_events")
+DEAD_LETTER_EVENTS = dg.AssetKey("dead_letter_events")
+WRITER_POOL = "duckdb_writer"
+
+
+class IngestConfig(dg.Config):
+    topic: str = "events_raw"
+    deadletter_topic: str = "events_deadletter"
+    max_batch_size: int = 100_000
+    time_budget_s: float = 60.0
+
+
+@dataclass
+class IngestTotals:
+    batches: int = 0
+    messages: int = 0
+    sensor_readings: int = 0
+    user_activity: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    fast_path_rows: int = 0
+    reached_eof: bool = False
+    end_offsets: dict[int, int] = field(default_factory=dict)
+
+
+def drain(
+    kafka: KafkaResource,
+    warehouse: DuckDBWarehouseResource,
+    config: IngestConfig,
+    run_id: str | None,
+    log: dg.DagsterLogManager | None = None,
+) -> IngestTotals:
+    """Ingest batches from the ledger's next offsets until EOF or the time budget."""
+    warehouse.ensure_schema()
+    totals = IngestTotals()
+    deadline = time.monotonic() + config.time_budget_s
+    partitions = kafka.partitions(config.topic)
+    with kafka.reader(config.topic) as reader:
+        while True:
+            with warehouse.session() as session:
+                recorded = next_offsets(session, config.topic)
+            starts = {p: recorded.get(p, 0) for p in partitions}
+            batch = reader.read(starts, config.max_batch_size)
+            if batch.size:
+                _ingest_one(kafka, warehouse, config, run_id, batch, totals)
+                if log:
+                    log.info(
+                        f"batch {totals.batches}: {batch.size} messages, eof={batch.reached_eof}"
+                    )
+            # Mirror the ledger in the consumer group, also when there was nothing new:
+            # after a crash between the DuckDB and the Kafka commit this repairs the group.
+            kafka.commit_offsets(config.topic, {p: o for p, o in batch.end_offsets.items() if o})
+            totals.end_offsets = batch.end_offsets
+            totals.reached_eof = batch.reached_eof
+            if batch.reached_eof or time.monotonic() >= deadline:
+                return totals
+
+
+def _ingest_one(
+    kafka: KafkaResource,
+    warehouse: DuckDBWarehouseResource,
+    config: IngestConfig,
+    run_id: str | None,
+    batch: KafkaBatch,
+    totals: IngestTotals,
+) -> None:
+    batch_id = uuid.uuid4().hex
+    now = dt.datetime.now(dt.UTC)
+    frames = build_ingest_frames(batch.frame, config.topic, batch_id, now)
+    # Dead letters go to their topic before the DuckDB commit: a crash in between
+    # re-sends them on replay (at-least-once, keyed by source coordinates), never loses.
+    if frames.dead_letters.height:
+        with kafka.producer() as producer:
+            for row in frames.dead_letters.iter_rows(named=True):
+                producer.send(
+                    config.deadletter_topic,
+                    value=row["value"] or b"",
+                    key=row["key"],
+                    headers=[
+                        ("source", f"{row['topic']}/{row['partition']}/{row['offset']}".encode()),
+                        ("reason", row["reason"].encode()),
+                    ],
+                )
+    with warehouse.transaction() as tx:
+        written = write_batch(
+            tx,
+            topic=config.topic,
+            batch_id=batch_id,
+            run_id=run_id,
+            start_offsets=batch.start_offsets,
+            end_offsets=batch.end_offsets,
+            rows=BatchRows(
+                raw_events=frames.raw_events,
+                sensor_readings=frames.sensor_readings,
+                user_activity=frames.user_activity,
+                dead_letters=frames.dead_letters,
+                duplicates=frames.duplicates,
+            ),
+            committed_at=dt.datetime.now(dt.UTC),
+        )
+    kafka.commit_offsets(config.topic, batch.end_offsets)
+    totals.batches += 1
+    totals.messages += batch.size
+    totals.sensor_readings += written.sensor_readings
+    totals.user_activity += written.user_activity
+    totals.dead_letters += written.dead_letters
+    totals.duplicates += written.duplicates
+    totals.fast_path_rows += frames.fast_path_rows
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            RAW_EVENTS,
+            group_name="ingest",
+            description="Every Kafka message of events_raw with its coordinates (raw.events).",
+        ),
+        dg.AssetSpec(
+            CLEANED_EVENTS,
+            group_name="ingest",
+            deps=[RAW_EVENTS],
+            description="Validated, de-duplicated, enriched events "
+            "(clean.sensor_readings, clean.user_activity).",
+        ),
+        dg.AssetSpec(
+            DEAD_LETTER_EVENTS,
+            group_name="ingest",
+            deps=[RAW_EVENTS],
+            description="Messages that broke the contract, with the reason "
+            "(clean.dead_letter_events and the events_deadletter topic).",
+        ),
+    ],
+    pool=WRITER_POOL,
+    can_subset=False,
+)
+def ingest_events(
+    context: dg.AssetExecutionContext,
+    config: IngestConfig,
+    kafka: KafkaResource,
+    warehouse: DuckDBWarehouseResource,
+) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]
+    started = time.monotonic()
+    totals = drain(kafka, warehouse, config, context.run.run_id, context.log)
+    seconds = round(time.monotonic() - started, 3)
+    rate = round(totals.messages / seconds, 1) if seconds else 0.0
+    yield dg.MaterializeResult(
+        asset_key=RAW_EVENTS,
+        metadata={
+            "dagster/row_count": totals.messages,
+            "batches": totals.batches,
+            "seconds": seconds,
+            "events_per_second": rate,
+            "reached_eof": totals.reached_eof,
+            "end_offsets": dg.MetadataValue.json(
+                {str(k): v for k, v in totals.end_offsets.items()}
+            ),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=CLEANED_EVENTS,
+        metadata={
+            "dagster/row_count": totals.sensor_readings + totals.user_activity,
+            "sensor_readings": totals.sensor_readings,
+            "user_activity": totals.user_activity,
+            "duplicates": totals.duplicates,
+            "fast_path_rows": totals.fast_path_rows,
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=DEAD_LETTER_EVENTS,
+        metadata={"dagster/row_count": totals.dead_letters, "rejected": totals.dead_letters},
+    )

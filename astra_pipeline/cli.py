@@ -1,0 +1,299 @@
+"""The `astra` command: schema, broker, simulate, ingest, sql, dev.
+
+Bad arguments and unavailable components end with a one-line message and exit code 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from astra_pipeline.events import json_schema_text
+from astra_pipeline.simulator import SimulatorConfig, generate
+from resources.broker import EmbeddedBroker
+from resources.errors import AstraResourceError
+from resources.kafka import KafkaResource
+from resources.settings import AstraSettings, SettingsError
+from resources.warehouse import DuckDBWarehouseResource
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line."""
+
+
+def _topics(settings: AstraSettings) -> dict[str, int]:
+    return {
+        settings.topic_raw: settings.raw_partitions,
+        settings.topic_deadletter: 1,
+        settings.topic_alerts: 1,
+    }
+
+
+def _kafka(settings: AstraSettings, bootstrap: str | None = None) -> KafkaResource:
+    return KafkaResource(
+        bootstrap_servers=bootstrap or settings.kafka_bootstrap_servers,
+        consumer_group=settings.consumer_group,
+    )
+
+
+def cmd_schema(args: argparse.Namespace, settings: AstraSettings) -> int:
+    sys.stdout.write(json_schema_text() + "\n")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace, settings: AstraSettings) -> int:
+    broker = EmbeddedBroker(port=args.port).start()
+    try:
+        created = _kafka(settings, broker.bootstrap_servers).create_topics(_topics(settings))
+        sys.stdout.write(
+            f"broker on {broker.bootstrap_servers} (pid {broker.pid}); topics created: "
+            f"{', '.join(created) or 'none'}. Ctrl-C stops it.\n"
+        )
+        sys.stdout.flush()
+        broker.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: AstraSettings) -> int:
+    if args.count is None and args.duration is None:
+        raise UsageError("give --count N or --duration SECONDS")
+    rate = args.rate
+    total = args.count if args.count is not None else int(args.duration * rate) if rate else None
+    if total is None:
+        raise UsageError("--duration needs --rate (events per second)")
+    now = dt.datetime.now(dt.UTC)
+    # As fast as possible: spread event times over the last total ms, ending now, so
+    # none of them is in the future when ingested.
+    start = now if rate else now - dt.timedelta(milliseconds=total)
+    config = SimulatorConfig(
+        devices=args.devices,
+        users=args.users,
+        seed=args.seed,
+        malformed_fraction=args.malformed,
+        duplicate_fraction=args.duplicates,
+        late_fraction=args.late,
+        start=start,
+        events_per_second=rate,
+    )
+    kafka = _kafka(settings, args.bootstrap)
+    kafka.create_topics(_topics(settings))
+    counts: dict[str, int] = {}
+    began = time.monotonic()
+    with kafka.producer() as producer:
+        for index, message in enumerate(generate(config, total)):
+            if rate:
+                delay = began + index / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            producer.send(settings.topic_raw, value=message.value, key=message.key)
+            counts[message.kind] = counts.get(message.kind, 0) + 1
+            if index % 5_000 == 0:
+                producer.poll()
+    sys.stdout.write(json.dumps({"produced": total, **counts}) + "\n")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
+    from astra_pipeline.assets.ingest import IngestConfig, drain
+
+    totals = drain(
+        _kafka(settings, args.bootstrap),
+        DuckDBWarehouseResource(path=str(settings.duckdb_path)),
+        IngestConfig(
+            topic=settings.topic_raw,
+            deadletter_topic=settings.topic_deadletter,
+            max_batch_size=settings.max_batch_size,
+            time_budget_s=args.time_budget,
+        ),
+        run_id=None,
+    )
+    sys.stdout.write(
+        json.dumps(
+            {
+                "messages": totals.messages,
+                "batches": totals.batches,
+                "sensor_readings": totals.sensor_readings,
+                "user_activity": totals.user_activity,
+                "dead_letters": totals.dead_letters,
+                "duplicates": totals.duplicates,
+                "reached_eof": totals.reached_eof,
+            }
+        )
+        + "\n"
+    )
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace, settings: AstraSettings) -> int:
+    path = args.db or str(settings.duckdb_path)
+    frame = DuckDBWarehouseResource(path=path).query(args.query)
+    if args.format == "csv":
+        sys.stdout.write(frame.write_csv())
+    elif args.format == "json":
+        sys.stdout.write(frame.write_json() + "\n")
+    else:
+        import polars as pl
+
+        with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=60):
+            sys.stdout.write(f"{frame}\n")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
+    """Embedded broker + simulator + `dagster dev`, on local files; Ctrl-C stops all."""
+    data = REPO_ROOT / "data" / "dev"
+    home = REPO_ROOT / ".dagster_home"
+    # The embedded broker keeps nothing across restarts, so a ledger from an earlier
+    # session would point past its (empty) log: each dev session starts a fresh warehouse.
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    home.mkdir(exist_ok=True)
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    broker = EmbeddedBroker(port=args.broker_port, log_path=data / "broker.log").start()
+    env = {
+        **os.environ,
+        "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "ASTRA_DUCKDB_PATH": str(data / "astra.duckdb"),
+        "DAGSTER_HOME": str(home),
+    }
+    _kafka(settings, broker.bootstrap_servers).create_topics(_topics(settings))
+    bin_dir = Path(sys.executable).parent
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        children.append(
+            subprocess.Popen(
+                [
+                    str(bin_dir / "astra"),
+                    "simulate",
+                    "--duration",
+                    "86400",
+                    "--rate",
+                    str(args.rate),
+                    "--malformed",
+                    "0.01",
+                    "--duplicates",
+                    "0.01",
+                    "--late",
+                    "0.02",
+                ],
+                env=env,
+            )
+        )
+        children.append(
+            subprocess.Popen(
+                [
+                    str(bin_dir / "dagster"),
+                    "dev",
+                    "-w",
+                    str(REPO_ROOT / "workspace.yaml"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(args.port),
+                ],
+                env=env,
+                cwd=REPO_ROOT,
+            )
+        )
+        sys.stdout.write(
+            f"AstraStream dev: broker {broker.bootstrap_servers}, UI http://127.0.0.1:{args.port}, "
+            f"warehouse {data / 'astra.duckdb'}. Ctrl-C stops everything.\n"
+        )
+        sys.stdout.flush()
+        while all(child.poll() is None for child in children):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        broker.stop()
+    return 0
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="astra", description="AstraStream command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("schema", help="print the JSON Schema of the event contract").set_defaults(
+        func=cmd_schema
+    )
+
+    broker = sub.add_parser("broker", help="run the embedded Kafka-compatible broker")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.set_defaults(func=cmd_broker)
+
+    sim = sub.add_parser("simulate", help="produce simulated events to Kafka")
+    sim.add_argument("--count", type=int)
+    sim.add_argument("--duration", type=float, help="seconds (with --rate)")
+    sim.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
+    sim.add_argument("--devices", type=int, default=50)
+    sim.add_argument("--users", type=int, default=200)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--malformed", type=_fraction, default=0.0)
+    sim.add_argument("--duplicates", type=_fraction, default=0.0)
+    sim.add_argument("--late", type=_fraction, default=0.0)
+    sim.add_argument("--bootstrap", help="override ASTRA_KAFKA_BOOTSTRAP_SERVERS")
+    sim.set_defaults(func=cmd_simulate)
+
+    ingest = sub.add_parser("ingest", help="drain Kafka into DuckDB once, in this process")
+    ingest.add_argument("--time-budget", type=float, default=60.0)
+    ingest.add_argument("--bootstrap")
+    ingest.set_defaults(func=cmd_ingest)
+
+    sql = sub.add_parser("sql", help="run a read-only query against the warehouse")
+    sql.add_argument("query")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.add_argument("--max-rows", type=int, default=50)
+    sql.add_argument("--db", help="override ASTRA_DUCKDB_PATH")
+    sql.set_defaults(func=cmd_sql)
+
+    dev = sub.add_parser("dev", help="broker + simulator + dagster dev, one command")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--broker-port", type=int, default=9092)
+    dev.add_argument("--rate", type=float, default=50.0)
+    dev.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = AstraSettings.from_env()
+        return int(args.func(args, settings))
+    except (UsageError, SettingsError, AstraResourceError, ValueError) as error:
+        sys.stderr.write(f"astra {args.command}: {error}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resources.broker import EmbeddedBroker
+from resources.kafka import KafkaResource
+from resources.warehouse import DuckDBWarehouseResource
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    """One real embedded broker (Tansu) on a free loopback port for the whole session."""
+    with EmbeddedBroker() as running:
+        yield running
+
+
+@pytest.fixture
+def topic(broker: EmbeddedBroker) -> str:
+    """A fresh 6-partition topic per test, so tests never see each other's messages."""
+    name = f"events_{uuid.uuid4().hex[:10]}"
+    KafkaResource(bootstrap_servers=broker.bootstrap_servers).create_topics(
+        {name: 6, f"{name}_dlq": 1}
+    )
+    return name
+
+
+@pytest.fixture
+def kafka(broker: EmbeddedBroker, topic: str) -> KafkaResource:
+    return KafkaResource(bootstrap_servers=broker.bootstrap_servers, consumer_group=f"g-{topic}")
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path) -> DuckDBWarehouseResource:
+    return DuckDBWarehouseResource(path=str(tmp_path / "astra.duckdb"), lock_timeout_s=5)

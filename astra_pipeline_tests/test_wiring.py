@@ -1,0 +1,62 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+import resources
+from astra_pipeline.definitions import defs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_definitions_load_with_pinned_names() -> None:
+    definitions = defs()
+    dg.Definitions.validate_loadable(definitions)
+    assert {s.key.to_user_string() for s in definitions.resolve_all_asset_specs()} == {
+        "raw_events",
+        "cleaned_events",
+        "dead_letter_events",
+    }
+    checks = {k.name for k in definitions.resolve_asset_graph().asset_check_keys}
+    assert checks == {
+        "raw_events_offset_continuity",
+        "raw_events_unique_offsets",
+        "cleaned_events_unique_event_id",
+        "cleaned_events_offsets_accounted",
+        "dead_letter_events_rate",
+    }
+    assert [j.name for j in definitions.resolve_all_job_defs() if not j.name.startswith("__")] == [
+        "ingest_events_job"
+    ]
+    assert [s.name for s in definitions.sensors] == ["kafka_events_sensor"]
+
+
+def test_resources_package_is_ours_not_the_pypi_one() -> None:
+    assert Path(resources.__file__).resolve().is_relative_to(REPO)
+
+
+def test_import_direction() -> None:
+    linter = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run([str(linter)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_bad_argument_is_one_line() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "astra_pipeline.cli",
+            "simulate",
+            "--malformed",
+            "2",
+            "--count",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
