@@ -54,6 +54,7 @@ def cmd_schema(args: argparse.Namespace, settings: AstraSettings) -> int:
 
 
 def cmd_broker(args: argparse.Namespace, settings: AstraSettings) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     broker = EmbeddedBroker(port=args.port).start()
     try:
         created = _kafka(settings, broker.bootstrap_servers).create_topics(_topics(settings))
@@ -165,6 +166,8 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     data.mkdir(parents=True)
     home.mkdir(exist_ok=True)
     shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    # A SIGTERM (from a supervisor or `timeout`) stops everything just like Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     broker = EmbeddedBroker(port=args.broker_port, log_path=data / "broker.log").start()
     env = {
         **os.environ,
@@ -193,6 +196,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
                     "0.02",
                 ],
                 env=env,
+                start_new_session=True,
             )
         )
         children.append(
@@ -209,6 +213,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
                 ],
                 env=env,
                 cwd=REPO_ROOT,
+                start_new_session=True,
             )
         )
         sys.stdout.write(
@@ -221,16 +226,23 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # Each child leads its own process group (dagster dev starts several processes):
+        # signal the whole group, and kill it if it has not stopped in time.
         for child in children:
             if child.poll() is None:
-                child.send_signal(signal.SIGINT)
+                os.killpg(child.pid, signal.SIGINT)
         for child in children:
             try:
                 child.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                child.kill()
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
         broker.stop()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _fraction(text: str) -> float:

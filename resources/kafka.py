@@ -21,6 +21,8 @@ from resources.errors import KafkaUnavailable, LedgerAheadOfBroker
 
 # librdkafka reports "nothing committed" with this sentinel offset.
 _OFFSET_INVALID = -1001
+# A partition silent this long while at its reported end is taken to be at its end.
+IDLE_END_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -60,12 +62,15 @@ class KafkaRangeReader:
         values: list[bytes | None] = []
         stamps: list[int | None] = []
         at_eof: set[int] = set()
+        next_offset = dict(start_offsets)
+        last_seen = {p: time.monotonic() for p in start_offsets}
         deadline = time.monotonic() + self._timeout_s
         try:
             while len(at_eof) < len(start_offsets) and len(offsets) < max_messages:
                 messages = self._consumer.consume(
-                    num_messages=min(10_000, max_messages - len(offsets)), timeout=0.5
+                    num_messages=min(10_000, max_messages - len(offsets)), timeout=0.2
                 )
+                at_eof |= self._idle_at_end(next_offset, last_seen, at_eof)
                 if not messages and time.monotonic() > deadline:
                     missing = sorted(set(start_offsets) - at_eof)
                     raise KafkaUnavailable(
@@ -77,11 +82,15 @@ class KafkaRangeReader:
                     partition = message.partition() or 0
                     if error is not None:
                         self._handle_error(error, partition, start_offsets)
+                        # The end "at that moment": stop fetching this partition, or a
+                        # steady trickle of new messages would keep the read going forever.
                         at_eof.add(partition)
+                        self._consumer.pause([TopicPartition(topic, partition)])
                         continue
-                    at_eof.discard(partition)
                     partitions.append(partition)
                     offsets.append(message.offset() or 0)
+                    next_offset[partition] = offsets[-1] + 1
+                    last_seen[partition] = time.monotonic()
                     keys.append(message.key())
                     values.append(message.value())
                     stamp_type, stamp = message.timestamp()
@@ -108,6 +117,35 @@ class KafkaRangeReader:
             end_offsets=end_offsets,
             reached_eof=len(at_eof) == len(start_offsets),
         )
+
+    def _idle_at_end(
+        self, next_offset: dict[int, int], last_seen: dict[int, float], at_eof: set[int]
+    ) -> set[int]:
+        """Partitions that are at their end without an EOF event.
+
+        librdkafka signals EOF when its position equals the high watermark. The embedded
+        broker reports a watermark that trails the true end by up to one producer batch,
+        so after reading such a batch the position is past the watermark and no EOF ever
+        comes. A partition that has given nothing for IDLE_END_S while its position is at
+        or past the reported watermark is at its end at this moment.
+        """
+        now = time.monotonic()
+        ended = set()
+        for partition, seen in last_seen.items():
+            if partition in at_eof or now - seen < IDLE_END_S:
+                continue
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, partition), timeout=5.0, cached=False
+                )
+            except KafkaException as error:
+                raise KafkaUnavailable(f"watermarks of {self._topic}: {error}") from error
+            if next_offset[partition] >= high:
+                ended.add(partition)
+                self._consumer.pause([TopicPartition(self._topic, partition)])
+            else:
+                last_seen[partition] = now
+        return ended
 
     def _handle_error(self, error: KafkaError, partition: int, starts: Mapping[int, int]) -> None:
         if error.code() == KafkaError._PARTITION_EOF:

@@ -58,7 +58,9 @@ class WarehouseSession:
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         try:
-            return pl.from_arrow(self._con.execute(sql, params).to_arrow_table())  # type: ignore[return-value]
+            rows = self._con.execute(sql, params)
+            names = [d[0] for d in rows.description or []]
+            return pl.DataFrame(rows.fetchall(), schema=names, orient="row")
         except duckdb.Error as error:
             raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
 
