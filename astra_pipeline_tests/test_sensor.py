@@ -1,6 +1,7 @@
 import dagster as dg
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
+from astra_pipeline.jobs import build_ingest_job
 from sensors.kafka_events import build_kafka_events_sensor, compute_lag
 
 
@@ -15,7 +16,8 @@ def evaluate(sensor: dg.SensorDefinition, kafka, instance, cursor=None):
 
 
 def test_sensor_requests_run_on_lag_and_skips_when_caught_up(kafka, topic, warehouse) -> None:
-    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True)
+    job = build_ingest_job(IngestConfig(topic=topic))
+    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True, job=job)
     kafka.produce_all(topic, ((f"k{i % 7}".encode(), b"{}") for i in range(500)))
     with dg.instance_for_test() as instance:
         first = evaluate(sensor, kafka, instance)

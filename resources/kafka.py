@@ -96,6 +96,8 @@ class KafkaRangeReader:
                     stamp_type, stamp = message.timestamp()
                     stamps.append(stamp if stamp_type else None)
         finally:
+            # Pausing is remembered per partition by the consumer: undo it for the next read.
+            self._consumer.resume([TopicPartition(topic, p) for p in start_offsets])
             self._consumer.unassign()
         frame = pl.DataFrame(
             {

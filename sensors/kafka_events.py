@@ -9,10 +9,11 @@ import hashlib
 import time
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from pydantic import BaseModel
 
 from astra_pipeline.assets.ingest import RAW_EVENTS
-from astra_pipeline.jobs import INGEST_JOB_NAME, ingest_events_job
+from astra_pipeline.jobs import INGEST_JOB_NAME
 from resources.kafka import KafkaResource
 
 # Record the lag for the UI at most this often while it does not change.
@@ -51,11 +52,14 @@ def _last_run_stopped_early(context: dg.SensorEvaluationContext) -> bool:
 
 
 def build_kafka_events_sensor(
-    topic: str, interval_s: int, running_by_default: bool
+    topic: str,
+    interval_s: int,
+    running_by_default: bool,
+    job: UnresolvedAssetJobDefinition,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name="kafka_events_sensor",
-        job=ingest_events_job,
+        job=job,
         minimum_interval_seconds=interval_s,
         default_status=(
             dg.DefaultSensorStatus.RUNNING if running_by_default else dg.DefaultSensorStatus.STOPPED
