@@ -63,7 +63,7 @@ class KafkaRangeReader:
         stamps: list[int | None] = []
         at_eof: set[int] = set()
         next_offset = dict(start_offsets)
-        last_seen = {p: time.monotonic() for p in start_offsets}
+        last_seen: dict[int, float] = {-1: time.monotonic()}
         deadline = time.monotonic() + self._timeout_s
         try:
             while len(at_eof) < len(start_offsets) and len(offsets) < max_messages:
@@ -90,7 +90,6 @@ class KafkaRangeReader:
                     partitions.append(partition)
                     offsets.append(message.offset() or 0)
                     next_offset[partition] = offsets[-1] + 1
-                    last_seen[partition] = time.monotonic()
                     keys.append(message.key())
                     values.append(message.value())
                     stamp_type, stamp = message.timestamp()
@@ -128,13 +127,17 @@ class KafkaRangeReader:
         librdkafka signals EOF when its position equals the high watermark. The embedded
         broker reports a watermark that trails the true end by up to one producer batch,
         so after reading such a batch the position is past the watermark and no EOF ever
-        comes. A partition that has given nothing for IDLE_END_S while its position is at
-        or past the reported watermark is at its end at this moment.
+        comes. A partition whose position is at or past a freshly reported watermark
+        is at its end at this moment (checked at most every IDLE_END_S).
         """
         now = time.monotonic()
-        ended = set()
-        for partition, seen in last_seen.items():
-            if partition in at_eof or now - seen < IDLE_END_S:
+        ended: set[int] = set()
+        # Throttle the watermark look-ups to one round per IDLE_END_S.
+        if now - last_seen.get(-1, 0.0) < IDLE_END_S:
+            return ended
+        last_seen[-1] = now
+        for partition in next_offset:
+            if partition in at_eof:
                 continue
             try:
                 _, high = self._consumer.get_watermark_offsets(
@@ -142,11 +145,11 @@ class KafkaRangeReader:
                 )
             except KafkaException as error:
                 raise KafkaUnavailable(f"watermarks of {self._topic}: {error}") from error
+            # Fetches return whole record batches, so a position at or past the base
+            # offset of the last batch means that batch has been read: this is the end.
             if next_offset[partition] >= high:
                 ended.add(partition)
                 self._consumer.pause([TopicPartition(self._topic, partition)])
-            else:
-                last_seen[partition] = now
         return ended
 
     def _handle_error(self, error: KafkaError, partition: int, starts: Mapping[int, int]) -> None:
