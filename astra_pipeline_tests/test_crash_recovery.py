@@ -14,19 +14,17 @@ checked against what the simulator says it produced (not against the code under 
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
-from astra_pipeline.simulator import SimulatorConfig, generate
+from astra_pipeline_tests.helpers import counts, produce
 from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -89,38 +87,6 @@ config = ingest.IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq", max_b
 ingest.drain(kafka, warehouse, config, run_id="crashing-child")
 Path(marker + ".finished").write_text("drain returned without being killed")
 """
-
-
-def produce(
-    kafka: KafkaResource, topic: str, count: int, malformed: float, duplicate: float
-) -> dict[str, int]:
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(milliseconds=count)
-    config = SimulatorConfig(
-        seed=1, start=start, malformed_fraction=malformed, duplicate_fraction=duplicate
-    )
-    messages = list(generate(config, count))
-    kafka.produce_all(topic, ((m.key, m.value) for m in messages))
-    valid_ids = {m.event_id for m in messages if m.kind in ("valid", "late")}
-    return {
-        "total": len(messages),
-        "malformed": sum(m.kind == "malformed" for m in messages),
-        "duplicates": sum(m.kind == "duplicate" for m in messages),
-        "unique_valid": len(valid_ids),
-    }
-
-
-def counts(warehouse: DuckDBWarehouseResource) -> dict[str, Any]:
-    row = warehouse.query(
-        "SELECT (SELECT count(*) FROM raw.events) AS raw,"
-        " (SELECT count(*) FROM clean.sensor_readings)"
-        " + (SELECT count(*) FROM clean.user_activity) AS clean,"
-        " (SELECT count(DISTINCT event_id) FROM clean.sensor_readings) +"
-        " (SELECT count(DISTINCT event_id) FROM clean.user_activity) AS distinct_ids,"
-        " (SELECT count(*) FROM clean.dead_letter_events) AS dead,"
-        " (SELECT count(*) FROM clean.duplicate_events) AS dups,"
-        " (SELECT coalesce(sum(message_count), 0) FROM ops.ingest_ledger) AS ledger"
-    )
-    return row.row(0, named=True)
 
 
 def run_child_until_frozen(
@@ -198,7 +164,7 @@ def test_sigkill_mid_ingest_then_recover_is_exactly_once(
     tmp_path: Path,
     kill_point: str,
 ) -> None:
-    sent = produce(kafka, topic, EVENTS, malformed=0.02, duplicate=0.02)
+    sent = produce(kafka, topic, EVENTS, malformed_fraction=0.02, duplicate_fraction=0.02)
     assert sent["malformed"] > 0 and sent["duplicates"] > 0
 
     label = run_child_until_frozen(kafka, topic, Path(warehouse.path), kill_point, tmp_path)

@@ -19,10 +19,8 @@ from pydantic import Field
 
 from resources.errors import KafkaUnavailable, LedgerAheadOfBroker
 
-# librdkafka reports "nothing committed" with this sentinel offset.
-_OFFSET_INVALID = -1001
-# A partition silent this long while at its reported end is taken to be at its end.
-IDLE_END_S = 0.3
+# How often a read asks for fresh watermarks to find partitions at their end.
+END_CHECK_EVERY_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,7 @@ class KafkaRangeReader:
         self._consumer = consumer
         self._topic = topic
         self._timeout_s = timeout_s
+        self._last_end_check = 0.0
 
     def read(self, start_offsets: Mapping[int, int], max_messages: int) -> KafkaBatch:
         """Read every partition from its start offset to its end (EOF), at most
@@ -63,14 +62,14 @@ class KafkaRangeReader:
         stamps: list[int | None] = []
         at_eof: set[int] = set()
         next_offset = dict(start_offsets)
-        last_seen: dict[int, float] = {-1: time.monotonic()}
+        self._last_end_check = time.monotonic()
         deadline = time.monotonic() + self._timeout_s
         try:
             while len(at_eof) < len(start_offsets) and len(offsets) < max_messages:
                 messages = self._consumer.consume(
                     num_messages=min(10_000, max_messages - len(offsets)), timeout=0.2
                 )
-                at_eof |= self._idle_at_end(next_offset, last_seen, at_eof)
+                at_eof |= self._partitions_at_end(next_offset, at_eof)
                 if not messages and time.monotonic() > deadline:
                     missing = sorted(set(start_offsets) - at_eof)
                     raise KafkaUnavailable(
@@ -119,23 +118,21 @@ class KafkaRangeReader:
             reached_eof=len(at_eof) == len(start_offsets),
         )
 
-    def _idle_at_end(
-        self, next_offset: dict[int, int], last_seen: dict[int, float], at_eof: set[int]
-    ) -> set[int]:
+    def _partitions_at_end(self, next_offset: dict[int, int], at_eof: set[int]) -> set[int]:
         """Partitions that are at their end without an EOF event.
 
         librdkafka signals EOF when its position equals the high watermark. The embedded
         broker reports a watermark that trails the true end by up to one producer batch,
         so after reading such a batch the position is past the watermark and no EOF ever
         comes. A partition whose position is at or past a freshly reported watermark
-        is at its end at this moment (checked at most every IDLE_END_S).
+        is at its end at this moment (checked at most every END_CHECK_EVERY_S).
         """
         now = time.monotonic()
         ended: set[int] = set()
-        # Throttle the watermark look-ups to one round per IDLE_END_S.
-        if now - last_seen.get(-1, 0.0) < IDLE_END_S:
+        # Throttle the watermark look-ups to one round per END_CHECK_EVERY_S.
+        if now - self._last_end_check < END_CHECK_EVERY_S:
             return ended
-        last_seen[-1] = now
+        self._last_end_check = now
         for partition in next_offset:
             if partition in at_eof:
                 continue

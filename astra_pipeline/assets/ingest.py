@@ -55,11 +55,13 @@ def drain(
     totals = IngestTotals()
     deadline = time.monotonic() + config.time_budget_s
     partitions = kafka.partitions(config.topic)
+    with warehouse.session() as session:
+        recorded = next_offsets(session, config.topic)
+    # Read the ledger once; each batch then starts where the last one ended. write_batch
+    # re-checks the ledger inside its transaction, so a concurrent writer is still caught.
+    starts = {p: recorded.get(p, 0) for p in partitions}
     with kafka.reader(config.topic) as reader:
         while True:
-            with warehouse.session() as session:
-                recorded = next_offsets(session, config.topic)
-            starts = {p: recorded.get(p, 0) for p in partitions}
             batch = reader.read(starts, config.max_batch_size)
             if batch.size:
                 _ingest_one(kafka, warehouse, config, run_id, batch, totals)
@@ -70,6 +72,7 @@ def drain(
             # Mirror the ledger in the consumer group, also when there was nothing new:
             # after a crash between the DuckDB and the Kafka commit this repairs the group.
             kafka.commit_offsets(config.topic, {p: o for p, o in batch.end_offsets.items() if o})
+            starts = batch.end_offsets
             totals.end_offsets = batch.end_offsets
             totals.reached_eof = batch.reached_eof
             if batch.reached_eof or time.monotonic() >= deadline:

@@ -1,0 +1,38 @@
+"""Shared test helpers: produce simulated events, count what the warehouse holds."""
+
+import datetime as dt
+from typing import Any
+
+from astra_pipeline.simulator import SimulatorConfig, generate
+from resources.kafka import KafkaResource
+from resources.warehouse import DuckDBWarehouseResource
+
+
+def produce(
+    kafka: KafkaResource, topic: str, count: int, seed: int = 1, **fractions: float
+) -> dict[str, int]:
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(milliseconds=count)
+    config = SimulatorConfig(seed=seed, start=start, **fractions)
+    messages = list(generate(config, count))
+    kafka.produce_all(topic, ((m.key, m.value) for m in messages))
+    valid_ids = {m.event_id for m in messages if m.kind in ("valid", "late")}
+    return {
+        "total": len(messages),
+        "malformed": sum(m.kind == "malformed" for m in messages),
+        "duplicates": sum(m.kind == "duplicate" for m in messages),
+        "unique_valid": len(valid_ids),
+    }
+
+
+def counts(warehouse: DuckDBWarehouseResource) -> dict[str, Any]:
+    row = warehouse.query(
+        "SELECT (SELECT count(*) FROM raw.events) AS raw,"
+        " (SELECT count(*) FROM clean.sensor_readings)"
+        " + (SELECT count(*) FROM clean.user_activity) AS clean,"
+        " (SELECT count(DISTINCT event_id) FROM clean.sensor_readings) +"
+        " (SELECT count(DISTINCT event_id) FROM clean.user_activity) AS distinct_ids,"
+        " (SELECT count(*) FROM clean.dead_letter_events) AS dead,"
+        " (SELECT count(*) FROM clean.duplicate_events) AS dups,"
+        " (SELECT coalesce(sum(message_count), 0) FROM ops.ingest_ledger) AS ledger"
+    )
+    return row.row(0, named=True)
