@@ -2,6 +2,8 @@ import dagster as dg
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.jobs import build_ingest_job
+from astra_pipeline_tests.helpers import counts, produce
+from resources.kafka import KafkaResource
 from sensors.kafka_events import build_kafka_events_sensor, compute_lag
 
 
@@ -32,3 +34,56 @@ def test_sensor_requests_run_on_lag_and_skips_when_caught_up(kafka, topic, wareh
         caught_up = evaluate(sensor, kafka, instance, cursor=first.cursor)
         requests = caught_up.run_requests if isinstance(caught_up, dg.SensorResult) else []
         assert requests == []
+
+
+def _requests(result) -> list[dg.RunRequest]:
+    return list(result.run_requests) if isinstance(result, dg.SensorResult) else []
+
+
+def test_a_reset_cursor_neither_skips_nor_repeats_a_range(kafka, topic, warehouse) -> None:
+    """The cursor only de-duplicates ticks; lag comes from the broker and the ledger."""
+    job = build_ingest_job(IngestConfig(topic=topic))
+    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True, job=job)
+    sent = produce(kafka, topic, 3_000)
+    one_batch = IngestConfig(
+        topic=topic, deadletter_topic=f"{topic}_dlq", max_batch_size=1_000, time_budget_s=0
+    )
+    with dg.instance_for_test() as instance:
+        first = evaluate(sensor, kafka, instance)
+        drain(kafka, warehouse, one_batch, None)
+        # Cursor lost (sensor reset in the UI, instance wiped): the outstanding range is
+        # still requested, because the lag is read again from Kafka.
+        reset = evaluate(sensor, kafka, instance, cursor=None)
+        assert len(_requests(reset)) == 1
+        assert _requests(reset)[0].run_key != _requests(first)[0].run_key
+        drain(kafka, warehouse, IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq"), None)
+        assert _requests(evaluate(sensor, kafka, instance, cursor=None)) == []
+    got = counts(warehouse)
+    assert got["raw"] == got["ledger"] == sent["total"]
+
+
+def test_the_duckdb_file_alone_is_enough_state(broker, kafka, topic, warehouse) -> None:
+    """Consumer group and sensor cursor both gone: the ledger in DuckDB decides."""
+    sent = produce(kafka, topic, 2_000)
+    config = IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq")
+    drain(kafka, warehouse, config, None)
+    before = counts(warehouse)
+    # A new group id stands for a group deleted on the broker: nothing committed.
+    fresh = KafkaResource(bootstrap_servers=broker.bootstrap_servers, consumer_group="g-new")
+    assert set(fresh.committed_offsets(topic).values()) == {None}
+    job = build_ingest_job(config)
+    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True, job=job)
+    with dg.instance_for_test() as instance:
+        # The sensor cannot know the group is behind only on paper: it asks for a run...
+        assert len(_requests(evaluate(sensor, fresh, instance))) == 1
+        totals = drain(fresh, warehouse, config, None)
+        # ...which reads from the ledger's offsets: nothing again, nothing skipped.
+        assert totals.messages == 0
+        assert counts(warehouse) == before
+        # The run repaired the group from the ledger, so the sensor is quiet again.
+        assert fresh.committed_offsets(topic) == kafka.committed_offsets(topic)
+        assert _requests(evaluate(sensor, fresh, instance)) == []
+    produce(kafka, topic, 500, seed=9)
+    drain(fresh, warehouse, config, None)
+    after = counts(warehouse)
+    assert after["raw"] == after["ledger"] == sent["total"] + 500

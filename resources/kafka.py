@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 import dagster as dg
 import polars as pl
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import Field
 
@@ -59,7 +66,7 @@ class KafkaRangeReader:
         offsets: list[int] = []
         keys: list[bytes | None] = []
         values: list[bytes | None] = []
-        stamps: list[int | None] = []
+        stamps: list[tuple[int, int]] = []
         at_eof: set[int] = set()
         next_offset = dict(start_offsets)
         self._last_end_check = time.monotonic()
@@ -69,30 +76,25 @@ class KafkaRangeReader:
                 messages = self._consumer.consume(
                     num_messages=min(10_000, max_messages - len(offsets)), timeout=0.2
                 )
-                at_eof |= self._partitions_at_end(next_offset, at_eof)
                 if not messages and time.monotonic() > deadline:
                     missing = sorted(set(start_offsets) - at_eof)
                     raise KafkaUnavailable(
                         f"no data and no end-of-partition from {topic} partitions {missing} "
                         f"within {self._timeout_s:.0f}s"
                     )
-                for message in messages:
-                    error = message.error()
-                    partition = message.partition() or 0
-                    if error is not None:
-                        self._handle_error(error, partition, start_offsets)
-                        # The end "at that moment": stop fetching this partition, or a
-                        # steady trickle of new messages would keep the read going forever.
-                        at_eof.add(partition)
-                        self._consumer.pause([TopicPartition(topic, partition)])
-                        continue
-                    partitions.append(partition)
-                    offsets.append(message.offset() or 0)
-                    next_offset[partition] = offsets[-1] + 1
-                    keys.append(message.key())
-                    values.append(message.value())
-                    stamp_type, stamp = message.timestamp()
-                    stamps.append(stamp if stamp_type else None)
+                if any(message.error() is not None for message in messages):
+                    messages = self._drop_errors(messages, start_offsets, at_eof)
+                if messages:
+                    # Column-wise comprehensions: about twice as fast as one loop of appends.
+                    first = len(offsets)
+                    partitions.extend([m.partition() or 0 for m in messages])
+                    offsets.extend([m.offset() or 0 for m in messages])
+                    keys.extend([m.key() for m in messages])
+                    values.extend([m.value() for m in messages])
+                    stamps.extend([m.timestamp() for m in messages])
+                    for index in range(first, len(offsets)):
+                        next_offset[partitions[index]] = offsets[index] + 1
+                at_eof |= self._partitions_at_end(next_offset, at_eof)
         finally:
             # Pausing is remembered per partition by the consumer: undo it for the next read.
             self._consumer.resume([TopicPartition(topic, p) for p in start_offsets])
@@ -103,13 +105,13 @@ class KafkaRangeReader:
                 "offset": pl.Series(offsets, dtype=pl.Int64),
                 "key": pl.Series(keys, dtype=pl.Binary),
                 "value": pl.Series(values, dtype=pl.Binary),
-                "kafka_ts": pl.Series(stamps, dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
+                "kafka_ts": pl.Series(
+                    [stamp if kind else None for kind, stamp in stamps], dtype=pl.Int64
+                ).cast(pl.Datetime("ms", "UTC")),
             }
         )
         end_offsets = dict(start_offsets)
-        if frame.height:
-            for partition, last in frame.group_by("partition").agg(pl.col("offset").max()).rows():
-                end_offsets[partition] = last + 1
+        end_offsets.update(next_offset)
         return KafkaBatch(
             topic=topic,
             frame=frame,
@@ -118,35 +120,55 @@ class KafkaRangeReader:
             reached_eof=len(at_eof) == len(start_offsets),
         )
 
+    def _drop_errors(
+        self, messages: list[Message], starts: Mapping[int, int], at_eof: set[int]
+    ) -> list[Message]:
+        kept: list[Message] = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                kept.append(message)
+                continue
+            partition = message.partition() or 0
+            self._handle_error(error, partition, starts)
+            # The end "at that moment": stop fetching this partition, or a steady
+            # trickle of new messages would keep the read going forever.
+            at_eof.add(partition)
+            self._consumer.pause([TopicPartition(self._topic, partition)])
+        return kept
+
     def _partitions_at_end(self, next_offset: dict[int, int], at_eof: set[int]) -> set[int]:
         """Partitions that are at their end without an EOF event.
 
         librdkafka signals EOF when its position equals the high watermark. The embedded
         broker reports a watermark that trails the true end by up to one producer batch,
         so after reading such a batch the position is past the watermark and no EOF ever
-        comes. A partition whose position is at or past a freshly reported watermark
-        is at its end at this moment (checked at most every END_CHECK_EVERY_S).
+        comes. A partition whose position is at or past the watermark of the latest fetch
+        response is at its end at this moment. The watermark is librdkafka's cached one
+        (no request: asking the broker costs ~50 ms per partition, as a watermark request
+        queues behind large fetches), checked at most every END_CHECK_EVERY_S.
         """
         now = time.monotonic()
-        ended: set[int] = set()
-        # Throttle the watermark look-ups to one round per END_CHECK_EVERY_S.
         if now - self._last_end_check < END_CHECK_EVERY_S:
-            return ended
+            return set()
         self._last_end_check = now
-        for partition in next_offset:
+        ended: set[int] = set()
+        for partition, position in next_offset.items():
             if partition in at_eof:
                 continue
             try:
                 _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self._topic, partition), timeout=5.0, cached=False
+                    TopicPartition(self._topic, partition), cached=True
                 )
             except KafkaException as error:
                 raise KafkaUnavailable(f"watermarks of {self._topic}: {error}") from error
-            # Fetches return whole record batches, so a position at or past the base
-            # offset of the last batch means that batch has been read: this is the end.
-            if next_offset[partition] >= high:
+            # No fetch response yet: the end is unknown. Fetches return whole record
+            # batches, so a position at or past the base offset of the last batch means
+            # that batch has been read: this is the end.
+            if high >= 0 and position >= high:
                 ended.add(partition)
-                self._consumer.pause([TopicPartition(self._topic, partition)])
+        if ended:
+            self._consumer.pause([TopicPartition(self._topic, p) for p in ended])
         return ended
 
     def _handle_error(self, error: KafkaError, partition: int, starts: Mapping[int, int]) -> None:

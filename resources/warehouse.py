@@ -97,6 +97,57 @@ class WarehouseSession:
         return registered()
 
 
+@contextlib.contextmanager
+def _transaction(session: WarehouseSession) -> Iterator[WarehouseSession]:
+    session.execute("BEGIN TRANSACTION")
+    try:
+        yield session
+    except BaseException:
+        with contextlib.suppress(WarehouseError):
+            session.execute("ROLLBACK")
+        raise
+    session.execute("COMMIT")
+
+
+WRITER_HOLD_S = 5.0
+"""How long a batch writer keeps the file open before letting other processes in."""
+
+_WRITER_CHECKPOINT_THRESHOLD = "1GB"
+"""Within one hold the WAL only grows: the checkpoint happens once, when it closes."""
+
+
+class BatchWriter:
+    """See ``DuckDBWarehouseResource.batch_writer``."""
+
+    def __init__(self, resource: DuckDBWarehouseResource, hold_s: float) -> None:
+        self._resource = resource
+        self._hold_s = hold_s
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._opened_at = 0.0
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[WarehouseSession]:
+        """All of the block commits, or none of it."""
+        if self._con is not None and time.monotonic() - self._opened_at >= self._hold_s:
+            self.close()
+        if self._con is None:
+            self._con = self._resource._connect(read_only=False)
+            self._opened_at = time.monotonic()
+            WarehouseSession(self._con).execute(
+                f"SET checkpoint_threshold = '{_WRITER_CHECKPOINT_THRESHOLD}'"
+            )
+        with _transaction(WarehouseSession(self._con)) as session:
+            yield session
+
+    def close(self) -> None:
+        if self._con is not None:
+            con, self._con = self._con, None
+            try:
+                con.close()
+            except duckdb.Error as error:
+                raise WarehouseError(f"closing {self._resource.path}: {error}") from error
+
+
 class DuckDBWarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """The DuckDB file holding the raw, clean, agg, features, ml and ops schemas."""
 
@@ -142,15 +193,24 @@ class DuckDBWarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg
     @contextlib.contextmanager
     def transaction(self) -> Iterator[WarehouseSession]:
         """A read-write connection inside one transaction: all of it commits, or none."""
-        with self.session() as session:
-            session.execute("BEGIN TRANSACTION")
-            try:
-                yield session
-            except BaseException:
-                with contextlib.suppress(WarehouseError):
-                    session.execute("ROLLBACK")
-                raise
-            session.execute("COMMIT")
+        with self.session() as session, _transaction(session):
+            yield session
+
+    @contextlib.contextmanager
+    def batch_writer(self, hold_s: float = WRITER_HOLD_S) -> Iterator[BatchWriter]:
+        """One read-write connection reused for a run's batches, each in its own
+        transaction, and reopened once it has been held ``hold_s``.
+
+        Closing a DuckDB file checkpoints it (compresses the new rows into the file),
+        which costs about as much as writing them; a connection per batch pays that on
+        every batch. Holding one connection pays it once per ``hold_s``, while other
+        processes (``astra sql``) still get the file between two holds.
+        """
+        writer = BatchWriter(self, hold_s)
+        try:
+            yield writer
+        finally:
+            writer.close()
 
     def ensure_schema(self) -> None:
         with self.transaction() as tx:

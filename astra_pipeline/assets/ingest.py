@@ -8,14 +8,15 @@ import datetime as dt
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import dagster as dg
 
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
 from resources.ingest_store import BatchRows, next_offsets, write_batch
-from resources.kafka import KafkaBatch, KafkaResource
-from resources.warehouse import DuckDBWarehouseResource
+from resources.kafka import KafkaBatch, KafkaProducer, KafkaResource
+from resources.warehouse import BatchWriter, DuckDBWarehouseResource
 
 RAW_EVENTS = dg.AssetKey("raw_events")
 CLEANED_EVENTS = dg.AssetKey("cleaned_events")
@@ -60,28 +61,49 @@ def drain(
     # Read the ledger once; each batch then starts where the last one ended. write_batch
     # re-checks the ledger inside its transaction, so a concurrent writer is still caught.
     starts = {p: recorded.get(p, 0) for p in partitions}
-    with kafka.reader(config.topic) as reader:
+    # The next batch is read while this one is transformed and written: the read is
+    # mostly librdkafka and the write mostly DuckDB, both release the GIL, so on two
+    # cores the two overlap. A prefetched batch is only a read: nothing is committed
+    # until its own turn, so dropping it (budget spent, or an error) loses nothing.
+    with (
+        kafka.reader(config.topic) as reader,
+        warehouse.batch_writer() as writer,
+        kafka.producer() as deadletters,
+        ThreadPoolExecutor(1) as prefetch,
+    ):
+        pending = prefetch.submit(reader.read, starts, config.max_batch_size)
         while True:
-            batch = reader.read(starts, config.max_batch_size)
+            batch = pending.result()
+            last = batch.reached_eof or time.monotonic() >= deadline
+            if not last:
+                pending = prefetch.submit(reader.read, batch.end_offsets, config.max_batch_size)
             if batch.size:
-                _ingest_one(kafka, warehouse, config, run_id, batch, totals)
+                _ingest_one(kafka, writer, deadletters, config, run_id, batch, totals)
                 if log:
                     log.info(
                         f"batch {totals.batches}: {batch.size} messages, eof={batch.reached_eof}"
                     )
-            # Mirror the ledger in the consumer group, also when there was nothing new:
-            # after a crash between the DuckDB and the Kafka commit this repairs the group.
-            kafka.commit_offsets(config.topic, {p: o for p, o in batch.end_offsets.items() if o})
-            starts = batch.end_offsets
+            else:
+                # Mirror the ledger in the consumer group when there was nothing new: after
+                # a crash between the DuckDB and the Kafka commit this repairs the group.
+                kafka.commit_offsets(
+                    config.topic, {p: o for p, o in batch.end_offsets.items() if o}
+                )
             totals.end_offsets = batch.end_offsets
             totals.reached_eof = batch.reached_eof
-            if batch.reached_eof or time.monotonic() >= deadline:
+            if last:
+                return totals
+            if time.monotonic() >= deadline:
+                # The prefetched batch is dropped; the next run reads it again.
+                pending.result()
+                totals.reached_eof = False
                 return totals
 
 
 def _ingest_one(
     kafka: KafkaResource,
-    warehouse: DuckDBWarehouseResource,
+    writer: BatchWriter,
+    deadletters: KafkaProducer,
     config: IngestConfig,
     run_id: str | None,
     batch: KafkaBatch,
@@ -93,18 +115,18 @@ def _ingest_one(
     # Dead letters go to their topic before the DuckDB commit: a crash in between
     # re-sends them on replay (at-least-once, keyed by source coordinates), never loses.
     if frames.dead_letters.height:
-        with kafka.producer() as producer:
-            for row in frames.dead_letters.iter_rows(named=True):
-                producer.send(
-                    config.deadletter_topic,
-                    value=row["value"] or b"",
-                    key=row["key"],
-                    headers=[
-                        ("source", f"{row['topic']}/{row['partition']}/{row['offset']}".encode()),
-                        ("reason", row["reason"].encode()),
-                    ],
-                )
-    with warehouse.transaction() as tx:
+        for row in frames.dead_letters.iter_rows(named=True):
+            deadletters.send(
+                config.deadletter_topic,
+                value=row["value"] or b"",
+                key=row["key"],
+                headers=[
+                    ("source", f"{row['topic']}/{row['partition']}/{row['offset']}".encode()),
+                    ("reason", row["reason"].encode()),
+                ],
+            )
+        deadletters.flush()
+    with writer.transaction() as tx:
         written = write_batch(
             tx,
             topic=config.topic,
