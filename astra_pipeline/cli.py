@@ -1,4 +1,4 @@
-"""The `astra` command: schema, broker, simulate, ingest, sql, dev.
+"""The `astra` command: schema, broker, simulate, ingest, sql, backfill, dev.
 
 Bad arguments and unavailable components end with a one-line message and exit code 2,
 never a traceback.
@@ -18,9 +18,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES, partition_key
 from astra_pipeline.events import json_schema_text
 from astra_pipeline.simulator import SimulatorConfig, generate
 from resources.broker import EmbeddedBroker
+from resources.dagster_api import DagsterGraphQL
 from resources.errors import AstraResourceError
 from resources.kafka import KafkaResource
 from resources.settings import AstraSettings, SettingsError
@@ -156,6 +158,74 @@ def cmd_sql(args: argparse.Namespace, settings: AstraSettings) -> int:
     return 0
 
 
+def _hour(text: str) -> dt.datetime:
+    """A partition key (2026-11-23-15:00) or an ISO time (2026-11-23T15:00Z) -> its hour."""
+    for parse in (
+        lambda t: dt.datetime.strptime(t, "%Y-%m-%d-%H:%M").replace(tzinfo=dt.UTC),
+        dt.datetime.fromisoformat,
+    ):
+        try:
+            value = parse(text)
+            break
+        except ValueError:
+            continue
+    else:
+        raise UsageError(f"{text!r} is not an hour (use YYYY-MM-DD-HH:00 or an ISO time)")
+    value = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    value = value.astimezone(dt.UTC)
+    if value != value.replace(minute=0, second=0, microsecond=0):
+        raise UsageError(f"{text!r} is not on the hour: partitions are whole hours")
+    return value
+
+
+def backfill_partitions(start: str, end: str, now: dt.datetime) -> list[str]:
+    """The partition keys from ``start`` to ``end`` inclusive, checked against the
+    partitions that exist (from HOURLY's start to the current hour)."""
+    first, last = _hour(start), _hour(end)
+    if last < first:
+        raise UsageError(f"--to {end} is before --from {start}")
+    earliest = HOURLY.start.astimezone(dt.UTC)
+    current = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    if first < earliest or last > current:
+        raise UsageError(
+            f"partitions exist from {partition_key(earliest)} to {partition_key(current)}; "
+            f"asked for {partition_key(first)} to {partition_key(last)}"
+        )
+    hours = int((last - first) / dt.timedelta(hours=1)) + 1
+    return [partition_key(first + dt.timedelta(hours=i)) for i in range(hours)]
+
+
+def cmd_backfill(args: argparse.Namespace, settings: AstraSettings) -> int:
+    api = DagsterGraphQL(args.url or settings.dagster_url)
+    if args.resume:
+        backfill_id = api.resume_backfill(args.resume)
+        print(f"resumed backfill {backfill_id}: {api.backfill_page(backfill_id)}")
+    else:
+        if not (args.start and args.end):
+            raise UsageError("give --from and --to (partition keys or ISO hours), or --resume ID")
+        keys = backfill_partitions(args.start, args.end, dt.datetime.now(dt.UTC))
+        if args.dry_run:
+            print("\n".join(keys))
+            print(f"{len(keys)} partitions of windowed_aggregates; dry run, nothing submitted")
+            return 0
+        backfill_id = api.launch_partition_backfill(
+            list(WINDOWED_AGGREGATES.path),
+            keys[0],
+            keys[-1],
+            title=f"astra backfill {keys[0]}..{keys[-1]}",
+        )
+        print(f"backfill {backfill_id}: {len(keys)} partitions, {api.backfill_page(backfill_id)}")
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.wait
+    status = api.backfill_status(backfill_id)
+    while not status.finished and time.monotonic() < deadline:
+        time.sleep(1)
+        status = api.backfill_status(backfill_id)
+    print(f"backfill {backfill_id}: {status.status}")
+    return 0 if status.status in ("COMPLETED", "COMPLETED_SUCCESS") else 1
+
+
 def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     """Embedded broker + simulator + `dagster dev`, on local files; Ctrl-C stops all."""
     data = REPO_ROOT / "data" / "dev"
@@ -165,7 +235,9 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     home.mkdir(exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    # SQLite instance storage: the embedded default needs no Postgres (dagster.yaml is
+    # the Postgres instance of the compose stack).
+    shutil.copy(REPO_ROOT / "dagster.embedded.yaml", home / "dagster.yaml")
     # A SIGTERM (from a supervisor or `timeout`) stops everything just like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     broker = EmbeddedBroker(port=args.broker_port, log_path=data / "broker.log").start()
@@ -288,6 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--max-rows", type=int, default=50)
     sql.add_argument("--db", help="override ASTRA_DUCKDB_PATH")
     sql.set_defaults(func=cmd_sql)
+
+    backfill = sub.add_parser(
+        "backfill",
+        help="submit an asset backfill of windowed_aggregates to the running instance",
+    )
+    backfill.add_argument("--from", dest="start", help="first hour, e.g. 2026-11-23-00:00")
+    backfill.add_argument("--to", dest="end", help="last hour (inclusive)")
+    backfill.add_argument("--dry-run", action="store_true", help="print the partitions only")
+    backfill.add_argument("--resume", metavar="BACKFILL_ID", help="resume a stopped backfill")
+    backfill.add_argument("--url", help="Dagster webserver (default ASTRA_DAGSTER_URL)")
+    backfill.add_argument(
+        "--wait", type=float, default=0, metavar="SECONDS", help="wait for it to finish"
+    )
+    backfill.set_defaults(func=cmd_backfill)
 
     dev = sub.add_parser("dev", help="broker + simulator + dagster dev, one command")
     dev.add_argument("--port", type=int, default=3000)

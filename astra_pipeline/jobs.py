@@ -4,6 +4,7 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from astra_pipeline.assets.ingest import IngestConfig
+from astra_pipeline.assets.windows import WINDOWED_AGGREGATES
 
 INGEST_JOB_NAME = "ingest_events_job"
 
@@ -17,4 +18,17 @@ def build_ingest_job(config: IngestConfig) -> UnresolvedAssetJobDefinition:
         executor_def=dg.in_process_executor,
         config=dg.RunConfig(ops={"ingest_events": config}),
         description="Drain Kafka into raw, clean and dead-letter tables, then run their checks.",
+    )
+
+
+WINDOWS_JOB_NAME = "aggregate_windows_job"
+
+
+def build_windows_job() -> UnresolvedAssetJobDefinition:
+    """Re-materialize hourly partitions (one, or a range in a single run) and check them."""
+    return dg.define_asset_job(
+        WINDOWS_JOB_NAME,
+        selection=dg.AssetSelection.assets(WINDOWED_AGGREGATES),
+        executor_def=dg.in_process_executor,
+        description="Recompute windowed_aggregates for the hours new events touched.",
     )

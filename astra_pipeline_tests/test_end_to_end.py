@@ -22,7 +22,7 @@ def test_daemon_ingests_simulated_events_exactly_once(broker, tmp_path: Path) ->
     topic = f"e2e_{int(time.time())}"
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "dagster.embedded.yaml", home / "dagster.yaml")
     db = tmp_path / "astra.duckdb"
     env = {
         **os.environ,

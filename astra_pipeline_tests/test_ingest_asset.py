@@ -6,7 +6,7 @@ import json
 import dagster as dg
 
 from astra_pipeline.assets.ingest import IngestConfig, drain, ingest_events
-from astra_pipeline.checks import STATIC_CHECKS, make_dead_letter_rate_check
+from astra_pipeline.checks.ingest import STATIC_CHECKS, make_dead_letter_rate_check
 from astra_pipeline_tests.helpers import counts, produce
 
 

@@ -13,10 +13,13 @@ REPO = Path(__file__).resolve().parent.parent
 def test_definitions_load_with_pinned_names() -> None:
     definitions = defs()
     dg.Definitions.validate_loadable(definitions)
+    served = ["sensor_1m", "sensor_1h", "sensor_5m_sliding", "user_1m", "user_1h", "user_sessions"]
     assert {s.key.to_user_string() for s in definitions.resolve_all_asset_specs()} == {
         "raw_events",
         "cleaned_events",
         "dead_letter_events",
+        "windowed_aggregates",
+        *(f"serving/agg/{name}" for name in served),
     }
     checks = {k.name for k in definitions.resolve_asset_graph().asset_check_keys}
     assert checks == {
@@ -25,11 +28,21 @@ def test_definitions_load_with_pinned_names() -> None:
         "cleaned_events_unique_event_id",
         "cleaned_events_offsets_accounted",
         "dead_letter_events_rate",
+        "windowed_aggregates_complete",
+        "windowed_aggregates_windows_in_partition",
+        "windowed_aggregates_within_bounds",
+        "windowed_aggregates_sessions_disjoint",
+        *(f"agg_{name}_matches_warehouse" for name in served),
     }
-    assert [j.name for j in definitions.resolve_all_job_defs() if not j.name.startswith("__")] == [
-        "ingest_events_job"
+    jobs = [j.name for j in definitions.resolve_all_job_defs() if not j.name.startswith("__")]
+    assert sorted(jobs) == ["aggregate_windows_job", "ingest_events_job"]
+    assert [s.name for s in definitions.sensors] == [
+        "kafka_events_sensor",
+        "cleaned_events_windows_sensor",
     ]
-    assert [s.name for s in definitions.sensors] == ["kafka_events_sensor"]
+    groups = {s.key.to_user_string(): s.group_name for s in definitions.resolve_all_asset_specs()}
+    assert groups["windowed_aggregates"] == "aggregate"
+    assert {groups[f"serving/agg/{name}"] for name in served} == {"serving"}
 
 
 def test_resources_package_is_ours_not_the_pypi_one() -> None:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
@@ -34,6 +35,27 @@ class AstraSettings(BaseModel):
     sensor_interval_s: int = Field(default=5, ge=1)
     sensor_running_by_default: bool = True
     deadletter_rate_threshold: float = Field(default=0.05, ge=0, le=1)
+    # The Dagster webserver `astra backfill` submits to.
+    dagster_url: str = "http://127.0.0.1:3000"
+    # Postgres serving copy. Either a libpq URL (without the password) or the parts; the
+    # password is never a setting: it is read at run time from PG_PASSWORD_ENV through
+    # dg.EnvVar, so it is not stored here, shown in the UI or logged.
+    pg_url: str = ""
+    pg_host: str = "127.0.0.1"
+    pg_port: int = Field(default=5432, ge=1, le=65535)
+    pg_user: str = "astra"
+    pg_database: str = "astra"
+    pg_connect_timeout_s: int = Field(default=10, ge=1)
+    pg_lock_timeout_s: float = Field(default=60.0, gt=0)
+    # Comma-separated DuckDB schemas copied to Postgres; add "clean" to serve the clean
+    # event tables too (they are large: opt in).
+    pg_serving_schemas: str = Field(default="agg,features,ml", pattern=r"^[a-z_]+(,[a-z_]+)*$")
+    # Re-copy a partition whenever its upstream partition is re-materialized (needs the
+    # automation sensor; on in the compose stack, off under `make dev` with no Postgres).
+    pg_serving_automation: bool = False
+
+    def serving_schemas(self) -> tuple[str, ...]:
+        return tuple(self.pg_serving_schemas.split(","))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AstraSettings:
@@ -52,6 +74,17 @@ class AstraSettings(BaseModel):
                 for e in error.errors(include_url=False)
             )
             raise SettingsError(f"invalid environment: {problems}") from None
+
+
+PG_PASSWORD_ENV = "ASTRA_PG_PASSWORD"
+"""The serving database's password: a secret, so read through dg.EnvVar, not a setting."""
+
+
+def pg_password_source(environ: Mapping[str, str] | None = None) -> dg.EnvVar | None:
+    """The password as a Dagster EnvVar (resolved when the resource is used), or None when
+    the variable is unset or empty (trust, peer or .pgpass authentication)."""
+    env = os.environ if environ is None else environ
+    return dg.EnvVar(PG_PASSWORD_ENV) if env.get(PG_PASSWORD_ENV) else None
 
 
 def env_var_name(field: str) -> str:

@@ -12,8 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import dagster as dg
+import polars as pl
 
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
+from astra_pipeline.transforms.windows import touched_hours
 from resources.ingest_store import BatchRows, next_offsets, write_batch
 from resources.kafka import KafkaBatch, KafkaProducer, KafkaResource
 from resources.warehouse import BatchWriter, DuckDBWarehouseResource
@@ -42,6 +44,8 @@ class IngestTotals:
     fast_path_rows: int = 0
     reached_eof: bool = False
     end_offsets: dict[int, int] = field(default_factory=dict)
+    touched_hours: set[dt.datetime] = field(default_factory=set)
+    """Hourly event-time partitions whose windows the new clean rows may change."""
 
 
 def drain(
@@ -151,6 +155,9 @@ def _ingest_one(
     totals.dead_letters += written.dead_letters
     totals.duplicates += written.duplicates
     totals.fast_path_rows += frames.fast_path_rows
+    totals.touched_hours.update(
+        touched_hours(pl.concat([frames.sensor_readings["ts"], frames.user_activity["ts"]]))
+    )
 
 
 @dg.multi_asset(
@@ -209,6 +216,10 @@ def ingest_events(
             "user_activity": totals.user_activity,
             "duplicates": totals.duplicates,
             "fast_path_rows": totals.fast_path_rows,
+            # Read by the windows sensor to refresh exactly these hourly partitions.
+            "touched_hours": dg.MetadataValue.json(
+                [hour.isoformat() for hour in sorted(totals.touched_hours)]
+            ),
         },
     )
     yield dg.MaterializeResult(

@@ -1,0 +1,132 @@
+"""A small client for the running Dagster instance's GraphQL API (the webserver's).
+
+Used by `astra backfill`: a backfill submitted here is the instance's own asset backfill,
+listed on the UI's backfills page, executed by the daemon under the same pools as every
+other run, and resumable. Standard library only (urllib): one POST per call.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from resources.errors import AstraResourceError
+
+LAUNCH = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+
+RESUME = """
+mutation Resume($id: String!) {
+  resumePartitionBackfill(backfillId: $id) {
+    __typename
+    ... on ResumeBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+
+STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { id status numPartitions }
+    ... on Error { message }
+  }
+}
+"""
+
+FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+"""Backfill statuses after which nothing more happens unless it is resumed."""
+
+
+class DagsterApiError(AstraResourceError):
+    """The Dagster webserver could not be reached or refused the request."""
+
+
+@dataclass(frozen=True)
+class BackfillStatus:
+    backfill_id: str
+    status: str
+    partitions: int
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+@dataclass(frozen=True)
+class DagsterGraphQL:
+    url: str
+    """The webserver's base URL, e.g. http://127.0.0.1:3000."""
+    timeout_s: float = 30.0
+
+    def launch_partition_backfill(
+        self, asset_path: list[str], start: str, end: str, title: str
+    ) -> str:
+        """Submit an asset backfill of the partition range [start, end] (keys, inclusive)."""
+        params = {
+            "partitionsByAssets": [
+                {
+                    "assetKey": {"path": asset_path},
+                    "partitions": {"range": {"start": start, "end": end}},
+                }
+            ],
+            "title": title,
+        }
+        answer = self._call(LAUNCH, {"params": params})["launchPartitionBackfill"]
+        return str(self._success(answer, "LaunchBackfillSuccess")["backfillId"])
+
+    def resume_backfill(self, backfill_id: str) -> str:
+        answer = self._call(RESUME, {"id": backfill_id})["resumePartitionBackfill"]
+        return str(self._success(answer, "ResumeBackfillSuccess")["backfillId"])
+
+    def backfill_status(self, backfill_id: str) -> BackfillStatus:
+        answer = self._call(STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        found = self._success(answer, "PartitionBackfill")
+        return BackfillStatus(
+            backfill_id=str(found["id"]),
+            status=str(found["status"]),
+            partitions=int(found["numPartitions"] or 0),
+        )
+
+    def backfill_page(self, backfill_id: str) -> str:
+        return f"{self.url.rstrip('/')}/runs/b/{backfill_id}"
+
+    @staticmethod
+    def _success(answer: dict[str, Any], expected: str) -> dict[str, Any]:
+        if answer.get("__typename") != expected:
+            message = answer.get("message") or "no message"
+            raise DagsterApiError(f"Dagster answered {answer.get('__typename')}: {message}")
+        return answer
+
+    def _call(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        endpoint = f"{self.url.rstrip('/')}/graphql"
+        body = json.dumps({"query": query, "variables": variables}).encode()
+        request = urllib.request.Request(
+            endpoint, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                payload = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise DagsterApiError(f"{endpoint} answered HTTP {error.code}") from error
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            reason = getattr(error, "reason", error)
+            raise DagsterApiError(
+                f"cannot reach the Dagster webserver at {endpoint} ({reason}); is `astra dev` "
+                "or `dagster dev` running? (--url / ASTRA_DAGSTER_URL)"
+            ) from error
+        if payload.get("errors"):
+            raise DagsterApiError(f"{endpoint}: {payload['errors'][0].get('message')}")
+        data: dict[str, Any] = payload["data"]
+        return data

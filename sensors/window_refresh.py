@@ -1,0 +1,104 @@
+"""cleaned_events_windows_sensor: re-materializes the hourly partitions new events touched.
+
+Each ingest run records, in its cleaned_events materialization, the event-time hours
+its rows fall into (and the neighbours whose sliding windows or session flags they can
+change). This sensor reads those materializations from the event log (never DuckDB),
+after its cursor, and requests one run per contiguous range of touched hours: the
+current hour and any past hour a late event reached, each once per trigger, and no
+untouched history. Dagster's eager automation would only refresh the latest partition.
+"""
+
+import datetime as dt
+
+import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+from pydantic import BaseModel
+
+from astra_pipeline.assets.ingest import CLEANED_EVENTS
+from astra_pipeline.assets.windows import HOURLY, partition_key
+
+HOUR = dt.timedelta(hours=1)
+FETCH_LIMIT = 1_000
+
+
+class WindowsCursor(BaseModel):
+    after_storage_id: int | None = None
+    """The last cleaned_events materialization already turned into run requests."""
+
+
+def contiguous_ranges(hours: list[dt.datetime]) -> list[tuple[dt.datetime, dt.datetime]]:
+    """Sorted hours grouped into runs of consecutive hours: (first, last) each."""
+    ranges: list[tuple[dt.datetime, dt.datetime]] = []
+    for hour in sorted(set(hours)):
+        if ranges and hour - ranges[-1][1] == HOUR:
+            ranges[-1] = (ranges[-1][0], hour)
+        else:
+            ranges.append((hour, hour))
+    return ranges
+
+
+def refresh_request(first: dt.datetime, last: dt.datetime, trigger: int) -> dg.RunRequest:
+    start, end = partition_key(first), partition_key(last)
+    run_key = f"windows-{trigger}-{start}-{end}"
+    if first == last:
+        return dg.RunRequest(run_key=run_key, partition_key=start)
+    return dg.RunRequest(
+        run_key=run_key,
+        tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
+    )
+
+
+def existing_hours(hours: list[dt.datetime], now: dt.datetime) -> list[dt.datetime]:
+    """Hours that are partitions today (not before the first, not in the future)."""
+    first = HOURLY.start.astimezone(dt.UTC)
+    current = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    return [h for h in hours if first <= h <= current]
+
+
+def build_windows_sensor(
+    job: UnresolvedAssetJobDefinition, running_by_default: bool, interval_s: int = 2
+) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="cleaned_events_windows_sensor",
+        job=job,
+        minimum_interval_seconds=interval_s,
+        default_status=(
+            dg.DefaultSensorStatus.RUNNING if running_by_default else dg.DefaultSensorStatus.STOPPED
+        ),
+        description="Re-materializes the windowed_aggregates partitions each ingest touched.",
+    )
+    def cleaned_events_windows_sensor(
+        context: dg.SensorEvaluationContext,
+    ) -> dg.SensorResult | dg.SkipReason:
+        cursor = (
+            WindowsCursor.model_validate_json(context.cursor) if context.cursor else WindowsCursor()
+        )
+        result = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=CLEANED_EVENTS, after_storage_id=cursor.after_storage_id
+            ),
+            limit=FETCH_LIMIT,
+            ascending=True,
+        )
+        if not result.records:
+            return dg.SkipReason("no new cleaned_events materialization")
+        touched: list[dt.datetime] = []
+        for record in result.records:
+            materialization = record.asset_materialization
+            value = materialization.metadata.get("touched_hours") if materialization else None
+            if value is not None and isinstance(value.value, list):
+                touched += [dt.datetime.fromisoformat(str(hour)) for hour in value.value]
+        trigger = result.records[-1].storage_id
+        hours = existing_hours(touched, dt.datetime.now(dt.UTC))
+        return dg.SensorResult(
+            run_requests=[
+                refresh_request(first, last, trigger) for first, last in contiguous_ranges(hours)
+            ],
+            cursor=WindowsCursor(after_storage_id=trigger).model_dump_json(),
+        )
+
+    return cleaned_events_windows_sensor
