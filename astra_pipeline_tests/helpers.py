@@ -1,6 +1,11 @@
 """Shared test helpers: produce simulated events, count what the warehouse holds."""
 
+import contextlib
 import datetime as dt
+import os
+import signal
+import subprocess
+import time
 from typing import Any
 
 from astra_pipeline.simulator import SimulatorConfig, generate
@@ -36,3 +41,23 @@ def counts(warehouse: DuckDBWarehouseResource) -> dict[str, Any]:
         " (SELECT coalesce(sum(message_count), 0) FROM ops.ingest_ledger) AS ledger"
     )
     return row.row(0, named=True)
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM a process started with start_new_session=True and its whole group; then
+    SIGKILL whatever outlives the grace period (a daemon's code servers can outlive it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -8,7 +8,6 @@ GraphQL API for the daemon to execute.
 import datetime as dt
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.assets.windows import partition_key
 from astra_pipeline.simulator import SimulatorConfig, generate
+from astra_pipeline_tests.helpers import stop_process_group
 from resources.broker import free_port
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -111,15 +111,6 @@ def wait_for_webserver(url: str, process: subprocess.Popen, timeout_s: float) ->
     raise AssertionError(f"dagster-webserver not up at {url} after {timeout_s}s")
 
 
-def stop(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @pytest.mark.timeout(240)
 def test_astra_backfill_runs_through_the_instance(ingested, kafka, tmp_path: Path) -> None:
     warehouse, first, last = ingested
@@ -174,8 +165,8 @@ def test_astra_backfill_runs_through_the_instance(ingested, kafka, tmp_path: Pat
             timeout=170,
         )
     finally:
-        stop(daemon)
-        stop(webserver)
+        stop_process_group(daemon)
+        stop_process_group(webserver)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "COMPLETED" in done.stdout
     assert f"{url}/runs/b/" in done.stdout

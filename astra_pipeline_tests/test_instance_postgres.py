@@ -3,7 +3,6 @@ with the run, its events and the sensor ticks stored in Postgres (no SQLite anyw
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import psycopg
 import pytest
 from dagster import DagsterEventType
 
-from astra_pipeline_tests.helpers import produce
+from astra_pipeline_tests.helpers import produce, stop_process_group
 from resources.broker import EmbeddedBroker
 from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
@@ -89,12 +88,7 @@ def test_daemon_on_postgres_storage_runs_sensor_and_ingest(
             "no successful ingest run in Postgres; daemon log:\n" + log.read_text()[-3000:]
         )
     finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
+        stop_process_group(daemon)
 
     with psycopg.connect(storage) as conn:
         sensor_tag = conn.execute(

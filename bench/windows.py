@@ -26,6 +26,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -443,9 +444,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--write-doc", action="store_true", help=f"update {DOC.name}")
     args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="astra-bench-windows-"))
+    try:
+        run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
     n = args.events
     command = ".venv/bin/python bench/windows.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    tmp = Path(tempfile.mkdtemp(prefix="astra-bench-windows-"))
     path = str(tmp / "bench.duckdb")
     hour = PARTITION
     rows: list[tuple[str, str, str]] = []

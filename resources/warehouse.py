@@ -126,6 +126,11 @@ def _transaction(session: WarehouseSession) -> Iterator[WarehouseSession]:
 WRITER_HOLD_S = 5.0
 """How long a batch writer keeps the file open before letting other processes in."""
 
+WRITER_HOLD_TRANSACTIONS = 4
+"""...and for at most this many transactions: what DuckDB keeps in memory until the
+checkpoint at close grows with the rows written in one hold, so this bounds it by the
+batch size rather than by how fast batches come."""
+
 _WRITER_CHECKPOINT_THRESHOLD = "1GB"
 """Within one hold the WAL only grows: the checkpoint happens once, when it closes."""
 
@@ -138,18 +143,24 @@ class BatchWriter:
         self._hold_s = hold_s
         self._con: duckdb.DuckDBPyConnection | None = None
         self._opened_at = 0.0
+        self._transactions = 0
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[WarehouseSession]:
         """All of the block commits, or none of it."""
-        if self._con is not None and time.monotonic() - self._opened_at >= self._hold_s:
+        if self._con is not None and (
+            time.monotonic() - self._opened_at >= self._hold_s
+            or self._transactions >= WRITER_HOLD_TRANSACTIONS
+        ):
             self.close()
         if self._con is None:
             self._con = self._resource._connect(read_only=False)
             self._opened_at = time.monotonic()
+            self._transactions = 0
             WarehouseSession(self._con).execute(
                 f"SET checkpoint_threshold = '{_WRITER_CHECKPOINT_THRESHOLD}'"
             )
+        self._transactions += 1
         with _transaction(WarehouseSession(self._con)) as session:
             yield session
 
@@ -213,7 +224,8 @@ class DuckDBWarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg
     @contextlib.contextmanager
     def batch_writer(self, hold_s: float = WRITER_HOLD_S) -> Iterator[BatchWriter]:
         """One read-write connection reused for a run's batches, each in its own
-        transaction, and reopened once it has been held ``hold_s``.
+        transaction, and reopened once it has been held ``hold_s`` or for
+        WRITER_HOLD_TRANSACTIONS transactions.
 
         Closing a DuckDB file checkpoints it (compresses the new rows into the file),
         which costs about as much as writing them; a connection per batch pays that on

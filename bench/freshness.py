@@ -1,0 +1,204 @@
+"""End-to-end freshness under the daemon: seconds from an event's production to its
+1-minute window being queryable in DuckDB.
+
+One embedded broker, a fresh SQLite instance (dagster.embedded.yaml), `dagster-daemon`
+with both sensors at their defaults (kafka_events_sensor every 5 s, the windows sensor
+every 2 s), and a producer pacing clean simulated events at a fixed rate in real time
+(each event is produced when the wall clock reaches its event time). A poller reads the
+per-minute counts (agg.sensor_1m + agg.user_1m) every second: the k-th event of a
+minute is queryable from the first poll whose count for that minute is >= k.
+
+Usage: .venv/bin/python bench/freshness.py --rate 2000 --seconds 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import datetime as dt
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from astra_pipeline.simulator import SimulatorConfig, generate
+from resources.broker import EmbeddedBroker
+from resources.errors import WarehouseError, WarehouseLocked
+from resources.kafka import KafkaResource
+from resources.warehouse import DuckDBWarehouseResource
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_P50_S, TARGET_P95_S = 15.0, 30.0
+POLL_S = 1.0
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def produce_paced(kafka: KafkaResource, topic: str, rate: float, seconds: float) -> list[float]:
+    """Produce rate*seconds clean events, each when the clock reaches its event time;
+    returns the event times (epoch seconds) in production order."""
+    count = int(rate * seconds)
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)
+    config = SimulatorConfig(seed=1, start=start, events_per_second=rate)
+    messages = list(generate(config, count))
+    times = [start.timestamp() + i / rate for i in range(count)]
+    with kafka.producer() as producer:
+        i = 0
+        while i < count:
+            now = time.time()
+            while i < count and times[i] <= now:
+                producer.send(topic, value=messages[i].value, key=messages[i].key)
+                i += 1
+            producer.poll()
+            time.sleep(0.01)
+    return times
+
+
+def poll_counts(
+    warehouse: DuckDBWarehouseResource,
+    stop: threading.Event,
+    seen: list[tuple[float, dict[float, int]]],
+) -> None:
+    """Append (poll time, {minute start epoch: events in windows}) every POLL_S."""
+    while not stop.is_set():
+        time.sleep(POLL_S)
+        try:
+            frame = warehouse.query(
+                "SELECT epoch(window_start) AS m, sum(n) AS n FROM ("
+                "SELECT window_start, reading_count AS n FROM agg.sensor_1m UNION ALL "
+                "SELECT window_start, event_count FROM agg.user_1m) GROUP BY m"
+            )
+        except (WarehouseError, WarehouseLocked):
+            continue
+        seen.append((time.time(), {float(m): int(n) for m, n in frame.rows()}))
+
+
+def freshness(times: list[float], polls: list[tuple[float, dict[float, int]]]) -> list[float]:
+    """Per event: first poll time at which its minute holds at least its rank - its time."""
+    by_minute: dict[float, list[float]] = defaultdict(list)
+    for t in times:
+        by_minute[t - t % 60].append(t)
+    delays: list[float] = []
+    for minute, events in by_minute.items():
+        counts = [(at, counts.get(minute, 0)) for at, counts in polls]
+        visible_counts = [n for _, n in counts]
+        for rank, t in enumerate(sorted(events), start=1):
+            # Counts only grow, so the first poll reaching `rank` is found by bisection.
+            index = bisect.bisect_left(visible_counts, rank)
+            if index < len(counts):
+                delays.append(counts[index][0] - t)
+    return delays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=2000)
+    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--drain-timeout", type=float, default=120)
+    parser.add_argument("--output", default=str(ROOT / "docs" / "freshness.md"))
+    args = parser.parse_args()
+    command = f".venv/bin/python bench/freshness.py --rate {args.rate:g} --seconds {args.seconds:g}"
+    tmp = Path(tempfile.mkdtemp(prefix="astra-fresh-"))
+    with EmbeddedBroker() as broker:
+        topic = f"fresh_{uuid.uuid4().hex[:8]}"
+        kafka = KafkaResource(bootstrap_servers=broker.bootstrap_servers)
+        kafka.create_topics({topic: 6, f"{topic}_dlq": 1})
+        home = tmp / "dagster_home"
+        home.mkdir()
+        shutil.copy(ROOT / "dagster.embedded.yaml", home / "dagster.yaml")
+        db = tmp / "astra.duckdb"
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "ASTRA_DUCKDB_PATH": str(db),
+            "ASTRA_TOPIC_RAW": topic,
+            "ASTRA_TOPIC_DEADLETTER": f"{topic}_dlq",
+            "ASTRA_CONSUMER_GROUP": f"g-{topic}",
+        }
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        warehouse = DuckDBWarehouseResource(path=str(db), lock_timeout_s=0.5)
+        stop = threading.Event()
+        polls: list[tuple[float, dict[float, int]]] = []
+        poller = threading.Thread(target=poll_counts, args=(warehouse, stop, polls))
+        try:
+            time.sleep(5)  # let the daemon load the code location before traffic starts
+            poller.start()
+            log(f"producing {args.rate:g} events/s for {args.seconds:g}s")
+            times = produce_paced(kafka, topic, args.rate, args.seconds)
+            log("waiting for the last windows")
+            deadline = time.monotonic() + args.drain_timeout
+            while time.monotonic() < deadline:
+                time.sleep(2)
+                if polls and sum(polls[-1][1].values()) >= len(times):
+                    break
+        finally:
+            stop.set()
+            if poller.is_alive():
+                poller.join()
+            os.killpg(daemon.pid, signal.SIGTERM)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait()
+    delays = freshness(times, polls)
+    visible = len(delays)
+    quantiles = statistics.quantiles(delays, n=100, method="inclusive") if visible > 1 else [0] * 99
+    p50, p95, p99 = quantiles[49], quantiles[94], quantiles[98]
+    verdict = "met" if p50 <= TARGET_P50_S and p95 <= TARGET_P95_S else "NOT met"
+    lines = [
+        "# Freshness: event production to its 1-minute window being queryable",
+        "",
+        "Measured by `bench/freshness.py` (see its docstring for the method).",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Run on {dt.date.today().isoformat()}; {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs; the broker, the daemon, its runs and the producer share them.",
+        "",
+        "| Measurement | Value |",
+        "|---|---:|",
+        f"| Events produced (clean, paced in real time) | {len(times):,} |",
+        f"| Events seen in their 1-minute window | {visible:,} |",
+        f"| Freshness p50 | {p50:.1f} s |",
+        f"| Freshness p95 | {p95:.1f} s |",
+        f"| Freshness p99 | {p99:.1f} s |",
+        f"| Freshness max | {max(delays, default=0):.1f} s |",
+        "",
+        f"Target p50 <= {TARGET_P50_S:.0f} s and p95 <= {TARGET_P95_S:.0f} s: **{verdict}**.",
+        "",
+        "The chain: kafka_events_sensor tick (every 5 s; skipped while an ingest run is",
+        "active) -> ingest run (process start ~4 s, drain, ledger commit; the",
+        "cleaned_events materialization names the touched hours) ->",
+        "cleaned_events_windows_sensor tick (every 2 s) -> windowed_aggregates run for",
+        "those hours (process start ~4 s, recompute, replace). Polling DuckDB once a",
+        "second takes a shared lock that the writers wait for (bounded back-off), so the",
+        "figures include that interference.",
+    ]
+    Path(args.output).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
