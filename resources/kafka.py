@@ -7,181 +7,23 @@ exception types with a message that says what was being attempted.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 
 import dagster as dg
-import polars as pl
 from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
-    Message,
     Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import Field
 
-from resources.errors import KafkaUnavailable, LedgerAheadOfBroker
+from resources.errors import KafkaUnavailable
+from resources.kafka_range import KafkaBatch, KafkaRangeReader, ProcessRangeReader
 
-# How often a read asks for fresh watermarks to find partitions at their end.
-END_CHECK_EVERY_S = 0.3
-
-
-@dataclass(frozen=True)
-class KafkaBatch:
-    """Messages read from exact per-partition offset ranges, as columns."""
-
-    topic: str
-    frame: pl.DataFrame
-    """Columns: partition (Int32), offset (Int64), key and value (Binary), kafka_ts."""
-    start_offsets: dict[int, int]
-    end_offsets: dict[int, int]
-    """Per partition, the next offset to read: last offset read + 1, or the start."""
-    reached_eof: bool
-    """Every partition was read to its end at the time of reading."""
-
-    @property
-    def size(self) -> int:
-        return self.frame.height
-
-
-class KafkaRangeReader:
-    """Reads offset ranges with ``assign()``: no consumer-group join, no rebalance."""
-
-    def __init__(self, consumer: Consumer, topic: str, timeout_s: float) -> None:
-        self._consumer = consumer
-        self._topic = topic
-        self._timeout_s = timeout_s
-        self._last_end_check = 0.0
-
-    def read(self, start_offsets: Mapping[int, int], max_messages: int) -> KafkaBatch:
-        """Read every partition from its start offset to its end (EOF), at most
-        ``max_messages`` in all. Each partition's messages form one contiguous prefix."""
-        topic = self._topic
-        self._consumer.assign([TopicPartition(topic, p, o) for p, o in start_offsets.items()])
-        partitions: list[int] = []
-        offsets: list[int] = []
-        keys: list[bytes | None] = []
-        values: list[bytes | None] = []
-        stamps: list[tuple[int, int]] = []
-        at_eof: set[int] = set()
-        next_offset = dict(start_offsets)
-        self._last_end_check = time.monotonic()
-        deadline = time.monotonic() + self._timeout_s
-        try:
-            while len(at_eof) < len(start_offsets) and len(offsets) < max_messages:
-                messages = self._consumer.consume(
-                    num_messages=min(10_000, max_messages - len(offsets)), timeout=0.2
-                )
-                if not messages and time.monotonic() > deadline:
-                    missing = sorted(set(start_offsets) - at_eof)
-                    raise KafkaUnavailable(
-                        f"no data and no end-of-partition from {topic} partitions {missing} "
-                        f"within {self._timeout_s:.0f}s"
-                    )
-                if any(message.error() is not None for message in messages):
-                    messages = self._drop_errors(messages, start_offsets, at_eof)
-                if messages:
-                    # Column-wise comprehensions: about twice as fast as one loop of appends.
-                    first = len(offsets)
-                    partitions.extend([m.partition() or 0 for m in messages])
-                    offsets.extend([m.offset() or 0 for m in messages])
-                    keys.extend([m.key() for m in messages])
-                    values.extend([m.value() for m in messages])
-                    stamps.extend([m.timestamp() for m in messages])
-                    for index in range(first, len(offsets)):
-                        next_offset[partitions[index]] = offsets[index] + 1
-                at_eof |= self._partitions_at_end(next_offset, at_eof)
-        finally:
-            # Pausing is remembered per partition by the consumer: undo it for the next read.
-            self._consumer.resume([TopicPartition(topic, p) for p in start_offsets])
-            self._consumer.unassign()
-        frame = pl.DataFrame(
-            {
-                "partition": pl.Series(partitions, dtype=pl.Int32),
-                "offset": pl.Series(offsets, dtype=pl.Int64),
-                "key": pl.Series(keys, dtype=pl.Binary),
-                "value": pl.Series(values, dtype=pl.Binary),
-                "kafka_ts": pl.Series(
-                    [stamp if kind else None for kind, stamp in stamps], dtype=pl.Int64
-                ).cast(pl.Datetime("ms", "UTC")),
-            }
-        )
-        end_offsets = dict(start_offsets)
-        end_offsets.update(next_offset)
-        return KafkaBatch(
-            topic=topic,
-            frame=frame,
-            start_offsets=dict(start_offsets),
-            end_offsets=end_offsets,
-            reached_eof=len(at_eof) == len(start_offsets),
-        )
-
-    def _drop_errors(
-        self, messages: list[Message], starts: Mapping[int, int], at_eof: set[int]
-    ) -> list[Message]:
-        kept: list[Message] = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                kept.append(message)
-                continue
-            partition = message.partition() or 0
-            self._handle_error(error, partition, starts)
-            # The end "at that moment": stop fetching this partition, or a steady
-            # trickle of new messages would keep the read going forever.
-            at_eof.add(partition)
-            self._consumer.pause([TopicPartition(self._topic, partition)])
-        return kept
-
-    def _partitions_at_end(self, next_offset: dict[int, int], at_eof: set[int]) -> set[int]:
-        """Partitions that are at their end without an EOF event.
-
-        librdkafka signals EOF when its position equals the high watermark. The embedded
-        broker reports a watermark that trails the true end by up to one producer batch,
-        so after reading such a batch the position is past the watermark and no EOF ever
-        comes. A partition whose position is at or past the watermark of the latest fetch
-        response is at its end at this moment. The watermark is librdkafka's cached one
-        (no request: asking the broker costs ~50 ms per partition, as a watermark request
-        queues behind large fetches), checked at most every END_CHECK_EVERY_S.
-        """
-        now = time.monotonic()
-        if now - self._last_end_check < END_CHECK_EVERY_S:
-            return set()
-        self._last_end_check = now
-        ended: set[int] = set()
-        for partition, position in next_offset.items():
-            if partition in at_eof:
-                continue
-            try:
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self._topic, partition), cached=True
-                )
-            except KafkaException as error:
-                raise KafkaUnavailable(f"watermarks of {self._topic}: {error}") from error
-            # No fetch response yet: the end is unknown. Fetches return whole record
-            # batches, so a position at or past the base offset of the last batch means
-            # that batch has been read: this is the end.
-            if high >= 0 and position >= high:
-                ended.add(partition)
-        if ended:
-            self._consumer.pause([TopicPartition(self._topic, p) for p in ended])
-        return ended
-
-    def _handle_error(self, error: KafkaError, partition: int, starts: Mapping[int, int]) -> None:
-        if error.code() == KafkaError._PARTITION_EOF:
-            return
-        if error.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
-            raise LedgerAheadOfBroker(
-                f"{self._topic}[{partition}]: the ledger's next offset {starts.get(partition)} "
-                "is outside the partition's log; the broker lost data it had acknowledged "
-                "(an in-memory broker restarted?) or the topic was recreated. Point "
-                "ASTRA_DUCKDB_PATH at a fresh warehouse for a new broker."
-            )
-        raise KafkaUnavailable(f"reading {self._topic}[{partition}]: {error.str()}")
+__all__ = ["KafkaBatch", "KafkaProducer", "KafkaRangeReader", "KafkaResource"]
 
 
 class KafkaProducer:
@@ -238,8 +80,8 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     )
     timeout_s: float = Field(default=15.0, description="Timeout for one request to Kafka.")
 
-    def _consumer(self, **overrides: object) -> Consumer:
-        config: dict[str, object] = {
+    def consumer_config(self) -> dict[str, object]:
+        return {
             "bootstrap.servers": self.bootstrap_servers,
             "group.id": self.consumer_group,
             "enable.auto.commit": False,
@@ -252,7 +94,9 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             "socket.timeout.ms": int(self.timeout_s * 1000),
             "log_level": 3,
         }
-        config.update(overrides)
+
+    def _consumer(self, **overrides: object) -> Consumer:
+        config = {**self.consumer_config(), **overrides}
         try:
             return Consumer(config)
         except KafkaException as error:
@@ -325,9 +169,23 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def reader(self, topic: str) -> Iterator[KafkaRangeReader]:
         consumer = self._consumer()
         try:
-            yield KafkaRangeReader(consumer, topic, timeout_s=max(self.timeout_s, 30.0))
+            yield KafkaRangeReader(consumer, topic, timeout_s=self._read_timeout_s)
         finally:
             consumer.close()
+
+    @contextlib.contextmanager
+    def process_reader(self, topic: str) -> Iterator[ProcessRangeReader]:
+        """A reader in a helper process: for draining a backlog, where reading in this
+        process would compete for the GIL with what is done with the messages."""
+        reader = ProcessRangeReader(self.consumer_config(), topic, self._read_timeout_s)
+        try:
+            yield reader
+        finally:
+            reader.close()
+
+    @property
+    def _read_timeout_s(self) -> float:
+        return max(self.timeout_s, 30.0)
 
     @contextlib.contextmanager
     def producer(self, **overrides: object) -> Iterator[KafkaProducer]:
