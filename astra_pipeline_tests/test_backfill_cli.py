@@ -164,12 +164,23 @@ def test_astra_backfill_runs_through_the_instance(ingested, kafka, tmp_path: Pat
             text=True,
             timeout=170,
         )
+        # Resuming needs a backfill that stopped: one that does not exist is refused in
+        # one line, not a traceback.
+        resume = subprocess.run(
+            [str(BIN / "astra"), "backfill", "--resume", "nosuchid", "--url", url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         stop_process_group(daemon)
         stop_process_group(webserver)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "COMPLETED" in done.stdout
     assert f"{url}/runs/b/" in done.stdout
+    assert resume.returncode == 2
+    assert resume.stderr.startswith("astra backfill: ") and resume.stderr.count("\n") == 1
     in_windows, clean, partitions = window_counts(warehouse)
     assert in_windows == clean > 0
     assert partitions == HOURS + 1
