@@ -6,6 +6,7 @@ GraphQL API for the daemon to execute.
 """
 
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -99,16 +100,25 @@ def test_dagster_asset_materialize_partition_range(ingested, kafka, tmp_path: Pa
 
 
 def wait_for_webserver(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    """Until the webserver answers and has loaded the code location."""
+    query = json.dumps(
+        {"query": "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"}
+    ).encode()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert process.poll() is None, "dagster-webserver exited"
+        request = urllib.request.Request(
+            f"{url}/graphql", data=query, headers={"Content-Type": "application/json"}
+        )
         try:
-            with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"dagster-webserver not up at {url} after {timeout_s}s")
+            with urllib.request.urlopen(request, timeout=5) as response:
+                entries = json.loads(response.read())["data"]["workspaceOrError"]["locationEntries"]
+            if entries and all(e["loadStatus"] == "LOADED" for e in entries):
+                return
+        except (OSError, KeyError, TypeError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"dagster-webserver not ready at {url} after {timeout_s}s")
 
 
 @pytest.mark.timeout(240)

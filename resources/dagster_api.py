@@ -119,7 +119,14 @@ class DagsterGraphQL:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 payload = json.loads(response.read())
         except urllib.error.HTTPError as error:
-            raise DagsterApiError(f"{endpoint} answered HTTP {error.code}") from error
+            detail = error.read().decode(errors="replace")
+            try:
+                detail = json.loads(detail)["errors"][0]["message"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                detail = detail.strip().splitlines()[0] if detail.strip() else ""
+            raise DagsterApiError(
+                f"{endpoint} answered HTTP {error.code}: {detail[:300]}".rstrip(": ")
+            ) from error
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             reason = getattr(error, "reason", error)
             raise DagsterApiError(
