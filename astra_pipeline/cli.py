@@ -238,8 +238,10 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     # SQLite instance storage: the embedded default needs no Postgres (dagster.yaml is
     # the Postgres instance of the compose stack).
     shutil.copy(REPO_ROOT / "dagster.embedded.yaml", home / "dagster.yaml")
-    # A SIGTERM (from a supervisor or `timeout`) stops everything just like Ctrl-C.
+    # A SIGTERM (from a supervisor or `timeout`) stops everything just like Ctrl-C; and
+    # Ctrl-C works even when started from a script that ignores SIGINT for its jobs.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     broker = EmbeddedBroker(port=args.broker_port, log_path=data / "broker.log").start()
     env = {
         **os.environ,

@@ -4,22 +4,37 @@ from __future__ import annotations
 
 import dagster as dg
 
+from astra_pipeline.assets.alerts import ALERTS_KEY, build_alerts_asset
+from astra_pipeline.assets.features import CHURN_FEATURES, DAILY, churn_features
 from astra_pipeline.assets.ingest import IngestConfig, ingest_events
+from astra_pipeline.assets.scoring import (
+    ANOMALY_SCORES_KEY,
+    CHURN_SCORES_KEY,
+    anomaly_scores,
+    churn_scores,
+)
 from astra_pipeline.assets.serving import (
     AGG_SPECS,
+    ALERTS_SPEC,
+    ANOMALY_SCORES_SPEC,
+    CHURN_SCORES_SPEC,
     CLEAN_SERVED_TABLES,
+    DEVICE_HEALTH_SPEC,
+    USER_CHURN_SPEC,
     ServedTable,
     build_serving_assets,
     select_served,
 )
 from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES, windowed_aggregates
 from astra_pipeline.checks.ingest import STATIC_CHECKS, make_dead_letter_rate_check
+from astra_pipeline.checks.scoring import scoring_checks
 from astra_pipeline.checks.windows import WINDOW_CHECKS
-from astra_pipeline.jobs import build_ingest_job, build_windows_job
+from astra_pipeline.jobs import build_churn_job, build_ingest_job, build_windows_job
 from resources.kafka import KafkaResource
 from resources.serving import serving_resource_from_settings
 from resources.settings import AstraSettings
 from resources.warehouse import DuckDBWarehouseResource
+from sensors.churn_schedule import build_churn_schedule
 from sensors.kafka_events import build_kafka_events_sensor
 from sensors.window_refresh import build_windows_sensor
 
@@ -34,22 +49,37 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
         )
     )
     windows_job = build_windows_job()
+    churn_job = build_churn_job()
     served = select_served(
-        [*(ServedTable(s, WINDOWED_AGGREGATES, HOURLY) for s in AGG_SPECS), *CLEAN_SERVED_TABLES],
+        [
+            *(ServedTable(s, WINDOWED_AGGREGATES, HOURLY) for s in AGG_SPECS),
+            ServedTable(USER_CHURN_SPEC, CHURN_FEATURES, DAILY),
+            ServedTable(DEVICE_HEALTH_SPEC, CHURN_FEATURES, DAILY),
+            ServedTable(CHURN_SCORES_SPEC, CHURN_SCORES_KEY, DAILY),
+            ServedTable(ANOMALY_SCORES_SPEC, ANOMALY_SCORES_KEY, HOURLY),
+            ServedTable(ALERTS_SPEC, ALERTS_KEY, HOURLY),
+            *CLEAN_SERVED_TABLES,
+        ],
         settings.serving_schemas(),
     )
     return dg.Definitions(
         assets=[
             ingest_events,
             windowed_aggregates,
+            churn_features,
+            churn_scores,
+            anomaly_scores,
+            build_alerts_asset(settings.topic_alerts),
             *build_serving_assets(served, automate=settings.pg_serving_automation),
         ],
         asset_checks=[
             *STATIC_CHECKS,
             make_dead_letter_rate_check(settings.deadletter_rate_threshold),
             *WINDOW_CHECKS,
+            *scoring_checks(),
         ],
-        jobs=[ingest_job, windows_job],
+        jobs=[ingest_job, windows_job, churn_job],
+        schedules=[build_churn_schedule(churn_job, settings.sensor_running_by_default)],
         sensors=[
             build_kafka_events_sensor(
                 settings.topic_raw,

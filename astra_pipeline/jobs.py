@@ -3,7 +3,10 @@
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from astra_pipeline.assets.alerts import ALERTS_KEY
+from astra_pipeline.assets.features import CHURN_FEATURES
 from astra_pipeline.assets.ingest import IngestConfig
+from astra_pipeline.assets.scoring import ANOMALY_SCORES_KEY, CHURN_SCORES_KEY
 from astra_pipeline.assets.windows import WINDOWED_AGGREGATES
 
 INGEST_JOB_NAME = "ingest_events_job"
@@ -25,10 +28,27 @@ WINDOWS_JOB_NAME = "aggregate_windows_job"
 
 
 def build_windows_job() -> UnresolvedAssetJobDefinition:
-    """Re-materialize hourly partitions (one, or a range in a single run) and check them."""
+    """Re-materialize hourly partitions (one, or a range in a single run) and check them:
+    the aggregates, and the anomaly scores and alerts of the same hours, so the scores
+    follow the aggregates' partitions in the very runs that refresh them."""
     return dg.define_asset_job(
         WINDOWS_JOB_NAME,
-        selection=dg.AssetSelection.assets(WINDOWED_AGGREGATES),
+        selection=dg.AssetSelection.assets(WINDOWED_AGGREGATES, ANOMALY_SCORES_KEY, ALERTS_KEY),
         executor_def=dg.in_process_executor,
-        description="Recompute windowed_aggregates for the hours new events touched.",
+        description="Recompute windowed_aggregates, anomaly_scores and alerts for the hours "
+        "new events touched.",
+    )
+
+
+CHURN_JOB_NAME = "score_churn_job"
+
+
+def build_churn_job() -> UnresolvedAssetJobDefinition:
+    """One day's churn features and scores (or a range of days in a single run)."""
+    return dg.define_asset_job(
+        CHURN_JOB_NAME,
+        selection=dg.AssetSelection.assets(CHURN_FEATURES, CHURN_SCORES_KEY),
+        executor_def=dg.in_process_executor,
+        description="Compute a day's churn features, train the churn model on past days "
+        "and score the day's users.",
     )

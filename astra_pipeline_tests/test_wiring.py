@@ -14,12 +14,24 @@ def test_definitions_load_with_pinned_names() -> None:
     definitions = defs()
     dg.Definitions.validate_loadable(definitions)
     served = ["sensor_1m", "sensor_1h", "sensor_5m_sliding", "user_1m", "user_1h", "user_sessions"]
+    served_scoring = [
+        "features/user_churn",
+        "features/device_health",
+        "ml/churn_scores",
+        "ml/anomaly_scores",
+        "ml/alerts",
+    ]
     assert {s.key.to_user_string() for s in definitions.resolve_all_asset_specs()} == {
         "raw_events",
         "cleaned_events",
         "dead_letter_events",
         "windowed_aggregates",
+        "churn_features",
+        "churn_scores",
+        "anomaly_scores",
+        "alerts",
         *(f"serving/agg/{name}" for name in served),
+        *(f"serving/{name}" for name in served_scoring),
     }
     checks = {k.name for k in definitions.resolve_asset_graph().asset_check_keys}
     assert checks == {
@@ -32,17 +44,39 @@ def test_definitions_load_with_pinned_names() -> None:
         "windowed_aggregates_windows_in_partition",
         "windowed_aggregates_within_bounds",
         "windowed_aggregates_sessions_disjoint",
+        "churn_features_in_range",
+        "churn_features_no_future_leakage",
+        "churn_scores_in_range",
+        "anomaly_scores_complete",
+        "anomaly_scores_in_range",
+        "alerts_rate",
+        "alerts_traceable",
+        "alerts_published",
         *(f"agg_{name}_matches_warehouse" for name in served),
+        *(f"{name.replace('/', '_')}_matches_warehouse" for name in served_scoring),
     }
     jobs = [j.name for j in definitions.resolve_all_job_defs() if not j.name.startswith("__")]
-    assert sorted(jobs) == ["aggregate_windows_job", "ingest_events_job"]
+    assert sorted(jobs) == ["aggregate_windows_job", "ingest_events_job", "score_churn_job"]
     assert [s.name for s in definitions.sensors] == [
         "kafka_events_sensor",
         "cleaned_events_windows_sensor",
     ]
+    assert [s.name for s in definitions.schedules] == ["churn_daily_schedule"]
     groups = {s.key.to_user_string(): s.group_name for s in definitions.resolve_all_asset_specs()}
     assert groups["windowed_aggregates"] == "aggregate"
+    assert groups["churn_features"] == "features"
+    assert {groups[name] for name in ("churn_scores", "anomaly_scores", "alerts")} == {"scoring"}
     assert {groups[f"serving/agg/{name}"] for name in served} == {"serving"}
+    assert {groups[f"serving/{name}"] for name in served_scoring} == {"serving"}
+    # The windows refresh scores and alerts the same hours; the daily job is partitioned.
+    windows = definitions.resolve_job_def("aggregate_windows_job")
+    assert {k.to_user_string() for k in windows.asset_layer.executable_asset_keys} == {
+        "windowed_aggregates",
+        "anomaly_scores",
+        "alerts",
+    }
+    churn = definitions.resolve_job_def("score_churn_job")
+    assert isinstance(churn.partitions_def, dg.DailyPartitionsDefinition)
 
 
 def test_resources_package_is_ours_not_the_pypi_one() -> None:

@@ -18,6 +18,14 @@ AGG_USER_1M = "agg.user_1m"
 AGG_USER_1H = "agg.user_1h"
 AGG_USER_SESSIONS = "agg.user_sessions"
 WINDOW_PARTITIONS = "ops.window_partitions"
+USER_CHURN = "features.user_churn"
+DEVICE_HEALTH = "features.device_health"
+CHURN_SCORES = "ml.churn_scores"
+CHURN_MODELS = "ml.churn_models"
+ANOMALY_SCORES = "ml.anomaly_scores"
+ALERTS = "ml.alerts"
+ALERT_PUBLICATIONS = "ops.alert_publications"
+SCORING_PARTITIONS = "ops.scoring_partitions"
 
 SCHEMAS = ("raw", "clean", "agg", "features", "ml", "ops")
 
@@ -209,5 +217,136 @@ DDL = (
         seen_until TIMESTAMPTZ,
         run_id VARCHAR,
         materialized_at TIMESTAMPTZ NOT NULL
+    )""",
+    # Churn features (astra_pipeline.transforms.churn), one row per user or device and
+    # as-of day; a daily partition's rows are those with its as_of_day. max_event_ts is
+    # the latest event the row was computed from (before the end of as_of_day).
+    f"""
+    CREATE TABLE IF NOT EXISTS {USER_CHURN} (
+        user_id VARCHAR NOT NULL,
+        as_of_day DATE NOT NULL,
+        days_since_last_event BIGINT NOT NULL,
+        days_since_last_purchase BIGINT,
+        days_since_last_cart BIGINT,
+        sessions_7d BIGINT NOT NULL,
+        sessions_30d BIGINT NOT NULL,
+        page_views_7d BIGINT NOT NULL,
+        page_views_30d BIGINT NOT NULL,
+        purchases_7d BIGINT NOT NULL,
+        purchases_30d BIGINT NOT NULL,
+        revenue_7d DOUBLE NOT NULL,
+        revenue_30d DOUBLE NOT NULL,
+        aov_7d DOUBLE,
+        aov_30d DOUBLE,
+        events_last7 BIGINT NOT NULL,
+        events_prev7 BIGINT NOT NULL,
+        events_trend_ratio DOUBLE NOT NULL,
+        events_trend_diff BIGINT NOT NULL,
+        cart_to_purchase_30d DOUBLE,
+        tenure_days BIGINT NOT NULL,
+        max_event_ts TIMESTAMPTZ NOT NULL
+    )""",
+    f"""
+    CREATE TABLE IF NOT EXISTS {DEVICE_HEALTH} (
+        device_id VARCHAR NOT NULL,
+        as_of_day DATE NOT NULL,
+        readings BIGINT NOT NULL,
+        expected_readings DOUBLE NOT NULL,
+        reporting_rate DOUBLE NOT NULL,
+        longest_silence_s DOUBLE NOT NULL,
+        seconds_since_last_reading DOUBLE NOT NULL,
+        battery_slope_per_h DOUBLE,
+        share_degraded DOUBLE,
+        share_fault DOUBLE
+    )""",
+    # Churn probabilities of one as-of day, from the model version that scored them.
+    f"""
+    CREATE TABLE IF NOT EXISTS {CHURN_SCORES} (
+        user_id VARCHAR NOT NULL,
+        as_of_day DATE NOT NULL,
+        churn_probability DOUBLE NOT NULL,
+        churn_predicted BOOLEAN NOT NULL,
+        model_version VARCHAR NOT NULL
+    )""",
+    # Model artifacts, one per content version (churn-<sha256 prefix of payload>): the
+    # pickled model, its out-of-time evaluation and the partition whose run trained it.
+    f"""
+    CREATE TABLE IF NOT EXISTS {CHURN_MODELS} (
+        version VARCHAR PRIMARY KEY,
+        trained_at TIMESTAMPTZ NOT NULL,
+        trained_for_day DATE NOT NULL,
+        trained_through DATE NOT NULL,
+        threshold DOUBLE NOT NULL,
+        metrics JSON NOT NULL,
+        payload BLOB NOT NULL,
+        run_id VARCHAR
+    )""",
+    # One score per clean sensor reading (hourly partitions on ts); the columns after
+    # score describe the driving component (null when the score is 0).
+    f"""
+    CREATE TABLE IF NOT EXISTS {ANOMALY_SCORES} (
+        event_id VARCHAR NOT NULL,
+        device_id VARCHAR NOT NULL,
+        ts TIMESTAMPTZ NOT NULL,
+        topic VARCHAR NOT NULL,
+        "partition" INTEGER NOT NULL,
+        "offset" BIGINT NOT NULL,
+        score DOUBLE NOT NULL,
+        driver VARCHAR NOT NULL,
+        metric VARCHAR,
+        "value" DOUBLE,
+        baseline_median DOUBLE,
+        baseline_scale DOUBLE,
+        robust_z DOUBLE,
+        ewma_deviation DOUBLE,
+        rate_per_min DOUBLE,
+        rule_version VARCHAR NOT NULL
+    )""",
+    # Alerts are inserted once per alert_id and never replaced; the table is also the
+    # outbox of the events_alerts topic: publish_attempt names the attempt that sent an
+    # alert, published_at is set once the broker acknowledged it.
+    f"""
+    CREATE TABLE IF NOT EXISTS {ALERTS} (
+        alert_id VARCHAR PRIMARY KEY,
+        event_id VARCHAR NOT NULL,
+        device_id VARCHAR NOT NULL,
+        ts TIMESTAMPTZ NOT NULL,
+        score DOUBLE NOT NULL,
+        driver VARCHAR NOT NULL,
+        metric VARCHAR,
+        reason VARCHAR NOT NULL,
+        topic VARCHAR NOT NULL,
+        "partition" INTEGER NOT NULL,
+        "offset" BIGINT NOT NULL,
+        rule_version VARCHAR NOT NULL,
+        threshold DOUBLE NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL,
+        run_id VARCHAR,
+        publish_attempt VARCHAR,
+        published_at TIMESTAMPTZ
+    )""",
+    # One row per attempt to publish alerts: the topic's offsets before it sent anything,
+    # so an attempt that died before recording its outcome can be checked against the log.
+    f"""
+    CREATE TABLE IF NOT EXISTS {ALERT_PUBLICATIONS} (
+        attempt_id VARCHAR PRIMARY KEY,
+        topic VARCHAR NOT NULL,
+        start_offsets JSON NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL,
+        completed_at TIMESTAMPTZ
+    )""",
+    # Per (asset, partition start) of the scoring layer (churn_features, churn_scores:
+    # midnight UTC of the day; anomaly_scores, alerts: the hour): the last run that wrote
+    # it, its row count and the latest ingestion time it could see; the checks read it.
+    f"""
+    CREATE TABLE IF NOT EXISTS {SCORING_PARTITIONS} (
+        asset VARCHAR NOT NULL,
+        partition_start TIMESTAMPTZ NOT NULL,
+        materializations BIGINT NOT NULL,
+        row_count BIGINT NOT NULL,
+        seen_until TIMESTAMPTZ,
+        run_id VARCHAR,
+        materialized_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (asset, partition_start)
     )""",
 )

@@ -80,10 +80,11 @@ class WarehouseSession:
 
     def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         try:
-            row = self._con.execute(sql, params).fetchone()
+            # fetchall, not fetchone: a result left half-read blocks the next statement.
+            rows = self._con.execute(sql, params).fetchall()
         except duckdb.Error as error:
             raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
-        return None if row is None else row[0]
+        return rows[0][0] if rows else None
 
     def append(self, table: str, frame: pl.DataFrame) -> int:
         """Insert a frame's columns by name; returns the number of rows inserted."""
@@ -193,7 +194,11 @@ class DuckDBWarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg
         delay = 0.02
         while True:
             try:
-                return duckdb.connect(str(path), read_only=read_only)
+                con = duckdb.connect(str(path), read_only=read_only)
+                # Day and hour boundaries (date_trunc, casts to DATE) in UTC whatever the
+                # host's zone, as the partitions and the polars code define them.
+                con.execute("SET TimeZone = 'UTC'")
+                return con
             except duckdb.Error as error:
                 if not _is_lock_error(error):
                     raise WarehouseError(f"cannot open {path}: {error}") from error

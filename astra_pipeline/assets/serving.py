@@ -200,6 +200,145 @@ AGG_SPECS = (
 )
 
 
+def _daily(table: str, id_column: str, columns: Columns) -> ServingTableSpec:
+    return ServingTableSpec(
+        table=table,
+        columns=(col(id_column, "text", nullable=False), col("as_of_day", "date", nullable=False))
+        + columns,
+        primary_key=("as_of_day", id_column),
+        index_columns=("as_of_day", id_column),
+        partition_column="as_of_day",
+    )
+
+
+_READING_LINK = (
+    col("event_id", "text", nullable=False),
+    col("device_id", "text", nullable=False),
+    col("ts", "timestamptz", nullable=False),
+    col("topic", "text", nullable=False),
+    col("partition", "integer", nullable=False),
+    col("offset", "bigint", nullable=False),
+)
+
+# The tables of churn_features and churn_scores (daily partitions on as_of_day) and of
+# anomaly_scores and alerts (hourly partitions on ts). ml.churn_models is not served: its
+# payload is a pickle, to be loaded only by this pipeline from its own store.
+USER_CHURN_SPEC = _daily(
+    "features.user_churn",
+    "user_id",
+    (
+        *_numbers("bigint", "days_since_last_event"),
+        *_numbers(
+            "bigint",
+            "days_since_last_purchase",
+            "days_since_last_cart",
+            nullable=("days_since_last_purchase", "days_since_last_cart"),
+        ),
+        *_numbers(
+            "bigint",
+            "sessions_7d",
+            "sessions_30d",
+            "page_views_7d",
+            "page_views_30d",
+            "purchases_7d",
+            "purchases_30d",
+        ),
+        *_numbers(
+            "double precision",
+            "revenue_7d",
+            "revenue_30d",
+            "aov_7d",
+            "aov_30d",
+            nullable=("aov_7d", "aov_30d"),
+        ),
+        *_numbers("bigint", "events_last7", "events_prev7"),
+        *_numbers("double precision", "events_trend_ratio"),
+        *_numbers("bigint", "events_trend_diff"),
+        *_numbers("double precision", "cart_to_purchase_30d", nullable=("cart_to_purchase_30d",)),
+        *_numbers("bigint", "tenure_days"),
+        col("max_event_ts", "timestamptz", nullable=False),
+    ),
+)
+DEVICE_HEALTH_SPEC = _daily(
+    "features.device_health",
+    "device_id",
+    (
+        *_numbers("bigint", "readings"),
+        *_numbers(
+            "double precision",
+            "expected_readings",
+            "reporting_rate",
+            "longest_silence_s",
+            "seconds_since_last_reading",
+            "battery_slope_per_h",
+            "share_degraded",
+            "share_fault",
+            nullable=("battery_slope_per_h", "share_degraded", "share_fault"),
+        ),
+    ),
+)
+CHURN_SCORES_SPEC = _daily(
+    "ml.churn_scores",
+    "user_id",
+    (
+        col("churn_probability", "double precision", nullable=False),
+        col("churn_predicted", "boolean", nullable=False),
+        col("model_version", "text", nullable=False),
+    ),
+)
+ANOMALY_SCORES_SPEC = ServingTableSpec(
+    table="ml.anomaly_scores",
+    columns=(
+        *_READING_LINK,
+        col("score", "double precision", nullable=False),
+        col("driver", "text", nullable=False),
+        col("metric", "text"),
+        *_numbers(
+            "double precision",
+            "value",
+            "baseline_median",
+            "baseline_scale",
+            "robust_z",
+            "ewma_deviation",
+            "rate_per_min",
+            nullable=(
+                "value",
+                "baseline_median",
+                "baseline_scale",
+                "robust_z",
+                "ewma_deviation",
+                "rate_per_min",
+            ),
+        ),
+        col("rule_version", "text", nullable=False),
+    ),
+    primary_key=("event_id",),
+    index_columns=("ts", "device_id"),
+    partition_column="ts",
+)
+ALERTS_SPEC = ServingTableSpec(
+    table="ml.alerts",
+    columns=(
+        col("alert_id", "text", nullable=False),
+        *_READING_LINK[:3],
+        col("score", "double precision", nullable=False),
+        col("driver", "text", nullable=False),
+        col("metric", "text"),
+        col("reason", "text", nullable=False),
+        *_READING_LINK[3:],
+        col("rule_version", "text", nullable=False),
+        col("threshold", "double precision", nullable=False),
+        col("created_at", "timestamptz", nullable=False),
+        col("run_id", "text"),
+        col("publish_attempt", "text"),
+        col("published_at", "timestamptz"),
+    ),
+    primary_key=("alert_id",),
+    index_columns=("ts", "device_id"),
+    partition_column="ts",
+)
+
+
 @dataclass(frozen=True)
 class ServedTable:
     """One table to serve: its spec, the asset that writes it in DuckDB, its partitions.
