@@ -29,14 +29,19 @@ from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES, windowed_
 from astra_pipeline.checks.ingest import STATIC_CHECKS, make_dead_letter_rate_check
 from astra_pipeline.checks.scoring import scoring_checks
 from astra_pipeline.checks.windows import WINDOW_CHECKS
-from astra_pipeline.jobs import build_churn_job, build_ingest_job, build_windows_job
+from astra_pipeline.jobs import (
+    build_anomaly_job,
+    build_churn_job,
+    build_ingest_job,
+    build_windows_job,
+)
 from resources.kafka import KafkaResource
 from resources.serving import serving_resource_from_settings
 from resources.settings import AstraSettings
 from resources.warehouse import DuckDBWarehouseResource
 from sensors.churn_schedule import build_churn_schedule
 from sensors.kafka_events import build_kafka_events_sensor
-from sensors.window_refresh import build_windows_sensor
+from sensors.window_refresh import build_scoring_sensor, build_windows_sensor
 
 
 def build_definitions(settings: AstraSettings) -> dg.Definitions:
@@ -50,6 +55,7 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
     )
     windows_job = build_windows_job()
     churn_job = build_churn_job()
+    anomaly_job = build_anomaly_job()
     served = select_served(
         [
             *(ServedTable(s, WINDOWED_AGGREGATES, HOURLY) for s in AGG_SPECS),
@@ -78,7 +84,7 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
             *WINDOW_CHECKS,
             *scoring_checks(),
         ],
-        jobs=[ingest_job, windows_job, churn_job],
+        jobs=[ingest_job, windows_job, anomaly_job, churn_job],
         schedules=[build_churn_schedule(churn_job, settings.sensor_running_by_default)],
         sensors=[
             build_kafka_events_sensor(
@@ -88,6 +94,7 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
                 ingest_job,
             ),
             build_windows_sensor(windows_job, settings.sensor_running_by_default),
+            build_scoring_sensor(anomaly_job, settings.sensor_running_by_default),
         ],
         resources={
             "kafka": KafkaResource(

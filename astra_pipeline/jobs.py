@@ -28,15 +28,26 @@ WINDOWS_JOB_NAME = "aggregate_windows_job"
 
 
 def build_windows_job() -> UnresolvedAssetJobDefinition:
-    """Re-materialize hourly partitions (one, or a range in a single run) and check them:
-    the aggregates, and the anomaly scores and alerts of the same hours, so the scores
-    follow the aggregates' partitions in the very runs that refresh them."""
+    """Re-materialize hourly partitions (one, or a range in a single run) and check them."""
     return dg.define_asset_job(
         WINDOWS_JOB_NAME,
-        selection=dg.AssetSelection.assets(WINDOWED_AGGREGATES, ANOMALY_SCORES_KEY, ALERTS_KEY),
+        selection=dg.AssetSelection.assets(WINDOWED_AGGREGATES),
         executor_def=dg.in_process_executor,
-        description="Recompute windowed_aggregates, anomaly_scores and alerts for the hours "
-        "new events touched.",
+        description="Recompute windowed_aggregates for the hours new events touched.",
+    )
+
+
+ANOMALY_JOB_NAME = "score_anomalies_job"
+
+
+def build_anomaly_job() -> UnresolvedAssetJobDefinition:
+    """Score and alert the hours whose aggregates were refreshed (one run per range)."""
+    return dg.define_asset_job(
+        ANOMALY_JOB_NAME,
+        selection=dg.AssetSelection.assets(ANOMALY_SCORES_KEY, ALERTS_KEY),
+        executor_def=dg.in_process_executor,
+        description="Score the readings of refreshed hours against their devices' baselines "
+        "and publish new alerts.",
     )
 
 

@@ -47,7 +47,7 @@ from astra_pipeline.checks.scoring import (
     make_alert_rate_check,
 )
 from astra_pipeline.definitions import build_definitions
-from astra_pipeline.jobs import CHURN_JOB_NAME, WINDOWS_JOB_NAME
+from astra_pipeline.jobs import ANOMALY_JOB_NAME, CHURN_JOB_NAME, WINDOWS_JOB_NAME
 from astra_pipeline.simulator import SimulatedMessage, SimulatorConfig, simulate
 from astra_pipeline.transforms.churn import churn_label, user_churn_features
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
@@ -581,15 +581,18 @@ def test_the_windows_refresh_job_scores_and_alerts_the_hours_it_refreshes(
     alerts_topic: str,
     anomaly_data: tuple[list[SimulatedMessage], set[str], set[str]],
 ) -> None:
-    """The job the windows sensor launches, with the range tags it sets for a range."""
+    """The jobs the windows and scoring sensors launch, with the range tags they set."""
     write_clean(warehouse, anomaly_data[0])
     settings = AstraSettings(
         duckdb_path=Path(warehouse.path),
         kafka_bootstrap_servers=broker.bootstrap_servers,
         topic_alerts=alerts_topic,
     )
-    job = build_definitions(settings).resolve_job_def(WINDOWS_JOB_NAME)
+    definitions = build_definitions(settings)
     request = refresh_request(HOURS_START, HOURS_END - dt.timedelta(hours=1), trigger=1)
+    windows = definitions.resolve_job_def(WINDOWS_JOB_NAME).execute_in_process(tags=request.tags)
+    assert windows.success
+    job = definitions.resolve_job_def(ANOMALY_JOB_NAME)
     result = job.execute_in_process(tags=request.tags)
     assert result.success
     # A reading in eight alerts, with this many injected anomalies: far above the

@@ -56,10 +56,16 @@ def test_definitions_load_with_pinned_names() -> None:
         *(f"{name.replace('/', '_')}_matches_warehouse" for name in served_scoring),
     }
     jobs = [j.name for j in definitions.resolve_all_job_defs() if not j.name.startswith("__")]
-    assert sorted(jobs) == ["aggregate_windows_job", "ingest_events_job", "score_churn_job"]
+    assert sorted(jobs) == [
+        "aggregate_windows_job",
+        "ingest_events_job",
+        "score_anomalies_job",
+        "score_churn_job",
+    ]
     assert [s.name for s in definitions.sensors] == [
         "kafka_events_sensor",
         "cleaned_events_windows_sensor",
+        "windowed_aggregates_scoring_sensor",
     ]
     assert [s.name for s in definitions.schedules] == ["churn_daily_schedule"]
     groups = {s.key.to_user_string(): s.group_name for s in definitions.resolve_all_asset_specs()}
@@ -68,10 +74,13 @@ def test_definitions_load_with_pinned_names() -> None:
     assert {groups[name] for name in ("churn_scores", "anomaly_scores", "alerts")} == {"scoring"}
     assert {groups[f"serving/agg/{name}"] for name in served} == {"serving"}
     assert {groups[f"serving/{name}"] for name in served_scoring} == {"serving"}
-    # The windows refresh scores and alerts the same hours; the daily job is partitioned.
+    # The windows refresh only refreshes windows; scoring follows in its own job.
     windows = definitions.resolve_job_def("aggregate_windows_job")
     assert {k.to_user_string() for k in windows.asset_layer.executable_asset_keys} == {
-        "windowed_aggregates",
+        "windowed_aggregates"
+    }
+    scores = definitions.resolve_job_def("score_anomalies_job")
+    assert {k.to_user_string() for k in scores.asset_layer.executable_asset_keys} == {
         "anomaly_scores",
         "alerts",
     }

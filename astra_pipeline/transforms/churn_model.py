@@ -33,16 +33,14 @@ import hashlib
 import io
 import pickle
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import polars as pl
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import precision_recall_curve, precision_score, recall_score, roc_auc_score
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 from astra_pipeline.transforms.churn import USER_CHURN_SCHEMA
 
@@ -151,6 +149,14 @@ def train_churn_model(
     if len(np.unique(y_train)) < 2:
         raise ValueError("the training days hold only one class; cannot fit a classifier")
 
+    # scikit-learn is imported here, not at module level: it takes about a second to
+    # import, and every Dagster run (ingest, windows refresh) loads this module.
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     pipeline = Pipeline(
         [
             ("impute", SimpleImputer(strategy="median", add_indicator=True)),
@@ -245,6 +251,8 @@ def _matrix(frame: pl.DataFrame, columns: tuple[str, ...]) -> FloatMatrix:
 
 
 def _best_f1_threshold(y: npt.NDArray[np.int64], p: FloatMatrix) -> float:
+    from sklearn.metrics import precision_recall_curve
+
     precision, recall, thresholds = precision_recall_curve(y, p)
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     # The curve has one more point than thresholds (recall 0 at the end): drop it.
