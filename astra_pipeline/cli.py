@@ -18,14 +18,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import polars as pl
+
 from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES, partition_key
 from astra_pipeline.events import json_schema_text
-from astra_pipeline.simulator import SimulatorConfig, generate
+from astra_pipeline.simulator import ANOMALY_KINDS, GroundTruth, Simulation, SimulatorConfig
 from resources.broker import EmbeddedBroker
 from resources.dagster_api import DagsterGraphQL
 from resources.errors import AstraResourceError
 from resources.kafka import KafkaResource
 from resources.settings import AstraSettings, SettingsError
+from resources.truth_store import (
+    ANOMALY_TRUTH_SCHEMA,
+    DECLINING_TRUTH_SCHEMA,
+    record_ground_truth,
+)
 from resources.warehouse import DuckDBWarehouseResource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -81,9 +88,16 @@ def cmd_simulate(args: argparse.Namespace, settings: AstraSettings) -> int:
     if total is None:
         raise UsageError("--duration needs --rate (events per second)")
     now = dt.datetime.now(dt.UTC)
-    # As fast as possible: spread event times over the last total ms, ending now, so
-    # none of them is in the future when ingested.
-    start = now if rate else now - dt.timedelta(milliseconds=total)
+    # As fast as possible: spread event times over the last total ms (or --span-hours),
+    # ending now, so none of them is in the future when ingested.
+    clock_rate = rate
+    if args.span_hours:
+        if rate:
+            raise UsageError("--span-hours produces as fast as possible: drop --rate")
+        clock_rate = total / (args.span_hours * 3600)
+        start = now - dt.timedelta(hours=args.span_hours)
+    else:
+        start = now if rate else now - dt.timedelta(milliseconds=total)
     config = SimulatorConfig(
         devices=args.devices,
         users=args.users,
@@ -92,14 +106,18 @@ def cmd_simulate(args: argparse.Namespace, settings: AstraSettings) -> int:
         duplicate_fraction=args.duplicates,
         late_fraction=args.late,
         start=start,
-        events_per_second=rate,
+        events_per_second=clock_rate,
+        declining_fraction=args.declining,
+        anomaly_rate_per_device_day=args.anomalies,
+        anomaly_kinds=_anomaly_kinds(args.anomaly_kinds),
     )
     kafka = _kafka(settings, args.bootstrap)
     kafka.create_topics(_topics(settings))
     counts: dict[str, int] = {}
     began = time.monotonic()
+    simulation = Simulation(config, total)
     with kafka.producer() as producer:
-        for index, message in enumerate(generate(config, total)):
+        for index, message in enumerate(simulation):
             if rate:
                 delay = began + index / rate - time.monotonic()
                 if delay > 0:
@@ -108,8 +126,62 @@ def cmd_simulate(args: argparse.Namespace, settings: AstraSettings) -> int:
             counts[message.kind] = counts.get(message.kind, 0) + 1
             if index % 5_000 == 0:
                 producer.poll()
-    sys.stdout.write(json.dumps({"produced": total, **counts}) + "\n")
+    summary: dict[str, object] = {"produced": total, **counts}
+    if args.truth:
+        # Event ids depend on the seed alone: a re-run of a seed replaces its truth.
+        name = f"seed-{args.seed}"
+        anomalies, declining = truth_frames(simulation.ground_truth, name)
+        warehouse = DuckDBWarehouseResource(
+            path=str(settings.duckdb_path), lock_timeout_s=settings.duckdb_lock_timeout_s
+        )
+        record_ground_truth(warehouse, anomalies, declining)
+        summary["ground_truth"] = {
+            "simulation": name,
+            "anomalies": len(simulation.ground_truth.anomalies),
+            "declining_users": declining.height,
+        }
+    sys.stdout.write(json.dumps(summary) + "\n")
     return 0
+
+
+def _anomaly_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(ANOMALY_KINDS))
+    if unknown or not kinds:
+        raise UsageError(
+            f"--anomaly-kinds: unknown {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(ANOMALY_KINDS)}"
+        )
+    return kinds
+
+
+def truth_frames(truth: GroundTruth, simulation: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The ground truth as rows of ml.anomaly_ground_truth and ml.declining_users_truth."""
+    anomalies = [
+        {
+            "device_id": a.device_id,
+            "kind": a.kind,
+            "anomaly_start": a.start,
+            "anomaly_end": a.end,
+            "event_id": event_id,
+            "simulation": simulation,
+        }
+        for a in truth.anomalies
+        for event_id in (a.event_ids or (None,))
+    ]
+    declining = [
+        {
+            "user_id": u.user_id,
+            "decline_start": u.decline_start,
+            "stop": u.stop,
+            "simulation": simulation,
+        }
+        for u in truth.declining_users
+    ]
+    return (
+        pl.DataFrame(anomalies, schema=ANOMALY_TRUTH_SCHEMA),
+        pl.DataFrame(declining, schema=DECLINING_TRUTH_SCHEMA),
+    )
 
 
 def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
@@ -151,8 +223,6 @@ def cmd_sql(args: argparse.Namespace, settings: AstraSettings) -> int:
     elif args.format == "json":
         sys.stdout.write(frame.write_json() + "\n")
     else:
-        import polars as pl
-
         with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=60):
             sys.stdout.write(f"{frame}\n")
     return 0
@@ -342,12 +412,37 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--count", type=int)
     sim.add_argument("--duration", type=float, help="seconds (with --rate)")
     sim.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
+    sim.add_argument(
+        "--span-hours",
+        type=float,
+        help="as fast as possible, with event times spread over the last H hours",
+    )
     sim.add_argument("--devices", type=int, default=50)
     sim.add_argument("--users", type=int, default=200)
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--malformed", type=_fraction, default=0.0)
     sim.add_argument("--duplicates", type=_fraction, default=0.0)
     sim.add_argument("--late", type=_fraction, default=0.0)
+    sim.add_argument(
+        "--anomalies",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="injected sensor anomalies per device per simulated day (0 = none)",
+    )
+    sim.add_argument(
+        "--anomaly-kinds",
+        default=",".join(ANOMALY_KINDS),
+        help=f"comma-separated, from {','.join(ANOMALY_KINDS)}",
+    )
+    sim.add_argument(
+        "--declining", type=_fraction, default=0.0, help="share of users whose activity decays"
+    )
+    sim.add_argument(
+        "--truth",
+        action="store_true",
+        help="store the ground truth (anomalies, declining users) in the warehouse at the end",
+    )
     sim.add_argument("--bootstrap", help="override ASTRA_KAFKA_BOOTSTRAP_SERVERS")
     sim.set_defaults(func=cmd_simulate)
 

@@ -37,6 +37,7 @@ from astra_pipeline.assets.serving import (
     build_serving_asset,
 )
 from astra_pipeline.checks.scoring import (
+    alerts_match_ground_truth,
     alerts_published,
     alerts_traceable,
     anomaly_scores_complete,
@@ -46,6 +47,7 @@ from astra_pipeline.checks.scoring import (
     churn_scores_in_range,
     make_alert_rate_check,
 )
+from astra_pipeline.cli import truth_frames
 from astra_pipeline.definitions import build_definitions
 from astra_pipeline.jobs import ANOMALY_JOB_NAME, CHURN_JOB_NAME, WINDOWS_JOB_NAME
 from astra_pipeline.simulator import SimulatedMessage, SimulatorConfig, simulate
@@ -56,6 +58,7 @@ from resources.ingest_store import BatchRows, next_offsets, write_batch
 from resources.kafka import KafkaResource
 from resources.serving import PostgresServingResource, ServingTableSpec
 from resources.settings import AstraSettings
+from resources.truth_store import record_ground_truth
 from resources.warehouse import DuckDBWarehouseResource
 from sensors.churn_schedule import previous_day_key
 from sensors.window_refresh import refresh_request
@@ -729,3 +732,54 @@ def test_serving_spec_matches_the_warehouse_ddl(
     assert [DUCKDB_TO_PG[t] for t in described["column_type"]] == [c.type for c in spec.columns]
     not_null = described.filter(pl.col("null") == "NO")["column_name"].to_list()
     assert not_null == [c.name for c in spec.columns if not c.nullable]
+
+
+def test_alerts_match_the_stored_ground_truth(
+    warehouse: DuckDBWarehouseResource, kafka: KafkaResource, alerts_topic: str
+) -> None:
+    """The ground truth `astra simulate --truth` stores, measured by an asset check."""
+    messages, truth = simulate(ANOMALY_SIM, 6 * 3600)
+    write_clean(warehouse, messages)
+    record_ground_truth(warehouse, *truth_frames(truth, "seed-11"))
+    assets = [anomaly_scores, build_alerts_asset(alerts_topic)]
+
+    def run_check(selection: dg.AssetSelection | None = None) -> dg.AssetCheckEvaluation:
+        result = dg.materialize(
+            [*assets, alerts_match_ground_truth],
+            resources={"warehouse": warehouse, "kafka": kafka},
+            tags=range_tags(*SCORED_HOURS),
+            selection=selection,
+        )
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation
+
+    measured = run_check()
+    assert measured.passed, measured.metadata
+    assert measured.metadata["precision"].value >= 0.8
+    assert measured.metadata["recall_spikes"].value >= 0.8
+    assert measured.metadata["recall_stuck"].value >= 0.8
+    # Alerts lost for half the spikes: the recall on spikes falls below the target.
+    spikes = sorted(truth.anomalous_event_ids(["spike"]))
+    with warehouse.transaction() as tx:
+        for event_id in spikes[::2]:
+            tx.execute("DELETE FROM ml.alerts WHERE event_id = ?", [event_id])
+    tampered = run_check(dg.AssetSelection.checks(alerts_match_ground_truth))
+    assert not tampered.passed
+    assert "recall_spikes" in tampered.metadata["below_target"].value
+
+
+def test_without_ground_truth_the_quality_check_says_so(
+    warehouse: DuckDBWarehouseResource,
+    kafka: KafkaResource,
+    alerts_topic: str,
+    anomaly_data: tuple[list[SimulatedMessage], set[str], set[str]],
+) -> None:
+    write_clean(warehouse, anomaly_data[0])
+    result = dg.materialize(
+        [anomaly_scores, build_alerts_asset(alerts_topic), alerts_match_ground_truth],
+        resources={"warehouse": warehouse, "kafka": kafka},
+        tags=range_tags(*SCORED_HOURS),
+    )
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert evaluation.passed
+    assert "no stored ground truth" in evaluation.metadata["note"].value

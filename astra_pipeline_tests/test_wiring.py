@@ -52,6 +52,7 @@ def test_definitions_load_with_pinned_names() -> None:
         "alerts_rate",
         "alerts_traceable",
         "alerts_published",
+        "alerts_match_ground_truth",
         *(f"agg_{name}_matches_warehouse" for name in served),
         *(f"{name.replace('/', '_')}_matches_warehouse" for name in served_scoring),
     }

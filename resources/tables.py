@@ -18,6 +18,8 @@ AGG_USER_1M = "agg.user_1m"
 AGG_USER_1H = "agg.user_1h"
 AGG_USER_SESSIONS = "agg.user_sessions"
 WINDOW_PARTITIONS = "ops.window_partitions"
+ANOMALY_GROUND_TRUTH = "ml.anomaly_ground_truth"
+DECLINING_USERS_TRUTH = "ml.declining_users_truth"
 USER_CHURN = "features.user_churn"
 DEVICE_HEALTH = "features.device_health"
 CHURN_SCORES = "ml.churn_scores"
@@ -348,5 +350,24 @@ DDL = (
         run_id VARCHAR,
         materialized_at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (asset, partition_start)
+    )""",
+    # Ground truth of a simulation (`astra simulate --truth`): one row per reading an
+    # injected anomaly changed (silent anomalies: one row with no event_id), and the
+    # users made to decline. Lets checks measure scores against what was injected.
+    f"""
+    CREATE TABLE IF NOT EXISTS {ANOMALY_GROUND_TRUTH} (
+        device_id VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        anomaly_start TIMESTAMPTZ NOT NULL,
+        anomaly_end TIMESTAMPTZ NOT NULL,
+        event_id VARCHAR,
+        simulation VARCHAR NOT NULL
+    )""",
+    f"""
+    CREATE TABLE IF NOT EXISTS {DECLINING_USERS_TRUTH} (
+        user_id VARCHAR NOT NULL,
+        decline_start TIMESTAMPTZ NOT NULL,
+        stop TIMESTAMPTZ NOT NULL,
+        simulation VARCHAR NOT NULL
     )""",
 )

@@ -18,6 +18,7 @@ from astra_pipeline.assets.scoring import ANOMALY_SCORES_KEY, CHURN_SCORES_KEY
 from astra_pipeline.transforms.anomaly import DRIVERS
 from resources.tables import (
     ALERTS,
+    ANOMALY_GROUND_TRUTH,
     ANOMALY_SCORES,
     CHURN_MODELS,
     CHURN_SCORES,
@@ -33,6 +34,10 @@ EXAMPLES = 20
 TOLERANCE = 1e-9
 
 ALERT_RATE_WARN = 0.01
+QUALITY_TARGET = 0.8
+"""Alert precision, and recall on spikes and on stuck sensors, against injected truth."""
+QUALITY_MIN_READINGS = 5
+"""Fewer tampered readings of a kind than this in the hours: its recall is not judged."""
 """Share of scored readings that may alert before alerts_rate warns: above it the
 threshold is too low for the fleet, or something is broken everywhere at once."""
 
@@ -398,6 +403,66 @@ def alerts_published(warehouse: DuckDBWarehouseResource) -> dg.AssetCheckResult:
     )
 
 
+@dg.asset_check(
+    asset=ALERTS_KEY,
+    description="On simulated data whose ground truth is stored (`astra simulate --truth`): "
+    f"alert precision, and recall on spikes and on stuck sensors, are at least "
+    f"{QUALITY_TARGET:.0%} over the run's hours (reading level). Passes, saying so, where "
+    "no ground truth covers them.",
+)
+def alerts_match_ground_truth(
+    context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouseResource
+) -> dg.AssetCheckResult:
+    # Every alert on a reading no anomaly touched counts against precision: measure with
+    # --anomaly-kinds spike,stuck (a drift's end also alerts, after its labelled window).
+    counts = warehouse.query(
+        f"""
+        WITH {_RUN_PARTS},
+        scored AS (
+            SELECT s.event_id FROM run_parts AS p JOIN {ANOMALY_SCORES} AS s
+              ON s.ts >= p.p AND s.ts < p.p + INTERVAL 1 HOUR),
+        truth AS (
+            SELECT DISTINCT g.event_id, g.kind FROM {ANOMALY_GROUND_TRUTH} AS g
+            JOIN scored USING (event_id)),
+        alerted AS (
+            SELECT a.event_id FROM run_parts AS p JOIN {ALERTS} AS a
+              ON a.ts >= p.p AND a.ts < p.p + INTERVAL 1 HOUR)
+        SELECT
+            (SELECT count(*) FROM truth) AS tampered,
+            (SELECT count(*) FROM alerted) AS alerts,
+            (SELECT count(*) FROM alerted WHERE event_id IN (SELECT event_id FROM truth))
+                AS true_alerts,
+            (SELECT count(*) FROM truth WHERE kind = 'spike') AS spikes,
+            (SELECT count(*) FROM truth WHERE kind = 'spike'
+               AND event_id IN (SELECT event_id FROM alerted)) AS spikes_alerted,
+            (SELECT count(*) FROM truth WHERE kind = 'stuck') AS stuck,
+            (SELECT count(*) FROM truth WHERE kind = 'stuck'
+               AND event_id IN (SELECT event_id FROM alerted)) AS stuck_alerted
+        """,
+        _params(ALERTS_KEY, context.run.run_id),
+    ).row(0, named=True)
+    if counts["tampered"] == 0:
+        return dg.AssetCheckResult(
+            passed=True, metadata={"note": "no stored ground truth covers these hours", **counts}
+        )
+    measured: dict[str, float] = {}
+    if counts["alerts"]:
+        measured["precision"] = counts["true_alerts"] / counts["alerts"]
+    for kind in ("spikes", "stuck"):
+        if counts[kind] >= QUALITY_MIN_READINGS:
+            measured[f"recall_{kind}"] = counts[f"{kind}_alerted"] / counts[kind]
+    failing = {name: value for name, value in measured.items() if value < QUALITY_TARGET}
+    return dg.AssetCheckResult(
+        passed=not failing,
+        metadata={
+            **{name: round(value, 4) for name, value in measured.items()},
+            "target": QUALITY_TARGET,
+            "below_target": dg.MetadataValue.json(sorted(failing)),
+            **counts,
+        },
+    )
+
+
 def scoring_checks(max_alert_rate: float = ALERT_RATE_WARN) -> list[dg.AssetChecksDefinition]:
     return [
         churn_features_in_range,
@@ -408,4 +473,5 @@ def scoring_checks(max_alert_rate: float = ALERT_RATE_WARN) -> list[dg.AssetChec
         make_alert_rate_check(max_alert_rate),
         alerts_traceable,
         alerts_published,
+        alerts_match_ground_truth,
     ]
