@@ -78,3 +78,38 @@ def test_malformed_message_reason_is_stored(kafka, topic, warehouse) -> None:
     reasons = warehouse.query("SELECT reason FROM clean.dead_letter_events ORDER BY reason")
     assert reasons["reason"].to_list()[0] == "amount: Input should be a valid number"
     assert reasons["reason"].to_list()[1].startswith("json: Invalid JSON")
+
+
+def test_a_run_failing_after_a_commit_still_reports_what_it_committed(
+    kafka, topic, warehouse, monkeypatch
+) -> None:
+    """The committed batches' touched hours must reach the windows sensor even when a
+    later batch fails: the next run starts after them and would never report them."""
+    import astra_pipeline.assets.ingest as ingest
+
+    produce(kafka, topic, 3_000)
+    calls = {"n": 0}
+    original = ingest.write_batch
+
+    def failing_second_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk full (simulated)")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ingest, "write_batch", failing_second_batch)
+    config = IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq", max_batch_size=1_000)
+    result = dg.materialize(
+        [ingest_events],
+        resources={"kafka": kafka, "warehouse": warehouse},
+        run_config=dg.RunConfig({"ingest_events": config}),
+        raise_on_error=False,
+    )
+    assert not result.success
+    by_key = {m.asset_key.to_user_string(): m for m in result.get_asset_materialization_events()}
+    committed = counts(warehouse)["raw"]
+    assert 0 < committed < 3_000
+    raw = by_key["raw_events"].materialization.metadata
+    assert raw["dagster/row_count"].value == committed
+    touched = by_key["cleaned_events"].materialization.metadata["touched_hours"].value
+    assert touched

@@ -73,7 +73,11 @@ class KafkaRangeReader:
                 messages = self._consumer.consume(
                     num_messages=min(10_000, max_messages - len(offsets)), timeout=0.2
                 )
-                if not messages and time.monotonic() > deadline:
+                if messages:
+                    # The timeout is for silence, not for the whole read: a long read
+                    # that keeps receiving is healthy.
+                    deadline = time.monotonic() + self._timeout_s
+                elif time.monotonic() > deadline:
                     missing = sorted(set(start_offsets) - at_eof)
                     raise KafkaUnavailable(
                         f"no data and no end-of-partition from {topic} partitions {missing} "

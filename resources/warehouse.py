@@ -1,7 +1,9 @@
 """DuckDB warehouse: one file, one writing process at a time, short connections.
 
 DuckDB takes an exclusive file lock for a read-write connection (and a shared one for
-read-only). We never hold a connection longer than one transaction, and when another
+read-only). Connections are short: one transaction, except the ingest's batch writer,
+which keeps one for at most 4 transactions or 5 s and then leaves the file free for a
+moment (closing a file checkpoints it, which costs as much as the writes). When another
 process holds the lock we back off and retry for a bounded time, then fail with an error
 that names the holder.
 """
@@ -132,6 +134,9 @@ WRITER_HOLD_TRANSACTIONS = 4
 checkpoint at close grows with the rows written in one hold, so this bounds it by the
 batch size rather than by how fast batches come."""
 
+WRITER_GAP_S = 0.2
+"""Pause between two holds of a batch writer, so that waiting readers get in."""
+
 _WRITER_CHECKPOINT_THRESHOLD = "1GB"
 """Within one hold the WAL only grows: the checkpoint happens once, when it closes."""
 
@@ -154,6 +159,9 @@ class BatchWriter:
             or self._transactions >= WRITER_HOLD_TRANSACTIONS
         ):
             self.close()
+            # Leave the file free for a moment: readers waiting on the lock retry every
+            # 20 ms to 1 s, and an immediate reopen would take it back before they do.
+            time.sleep(WRITER_GAP_S)
         if self._con is None:
             self._con = self._resource._connect(read_only=False)
             self._opened_at = time.monotonic()

@@ -56,10 +56,14 @@ def drain(
     config: IngestConfig,
     run_id: str | None,
     log: dg.DagsterLogManager | None = None,
+    totals: IngestTotals | None = None,
 ) -> IngestTotals:
-    """Ingest batches from the ledger's next offsets until EOF or the time budget."""
+    """Ingest batches from the ledger's next offsets until EOF or the time budget.
+
+    ``totals`` (if given) is filled batch by batch, so after an error the caller still
+    knows what was committed."""
     warehouse.ensure_schema()
-    totals = IngestTotals()
+    totals = IngestTotals() if totals is None else totals
     deadline = time.monotonic() + config.time_budget_s
     partitions = kafka.partitions(config.topic)
     with warehouse.session() as session:
@@ -108,8 +112,9 @@ def drain(
             if last:
                 return totals
             if time.monotonic() >= deadline:
-                # The prefetched batch is dropped; the next run reads it again.
-                pending.result()
+                # The prefetched batch is dropped; the next run reads it again. Waiting
+                # for it (not its result): a failed read of it changes nothing here.
+                pending.exception()
                 totals.reached_eof = False
                 return totals
     raise AssertionError("unreachable: the loop returns")
@@ -203,8 +208,19 @@ def ingest_events(
     warehouse: DuckDBWarehouseResource,
 ) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]
     started = time.monotonic()
-    totals = drain(kafka, warehouse, config, context.run.run_id, context.log)
-    seconds = round(time.monotonic() - started, 3)
+    totals = IngestTotals()
+    try:
+        drain(kafka, warehouse, config, context.run.run_id, context.log, totals)
+    except Exception:
+        # Batches committed before the error are in the tables: report them (their touched
+        # hours drive the windows refresh, and the next run starts after them), then fail.
+        if totals.batches:
+            yield from _results(totals, round(time.monotonic() - started, 3))
+        raise
+    yield from _results(totals, round(time.monotonic() - started, 3))
+
+
+def _results(totals: IngestTotals, seconds: float) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]
     rate = round(totals.messages / seconds, 1) if seconds else 0.0
     yield dg.MaterializeResult(
         asset_key=RAW_EVENTS,
