@@ -201,7 +201,10 @@ def receive_frame(stream: IO[bytes]) -> Any:
     if len(header) < _FRAME.size:
         return None
     (size,) = _FRAME.unpack(header)
-    return pickle.loads(stream.read(size))
+    data = stream.read(size)
+    if len(data) < size:
+        return None  # the writer died in the middle of a frame: as good as the end
+    return pickle.loads(data)
 
 
 _ERRORS: dict[str, type[AstraResourceError]] = {
@@ -269,3 +272,5 @@ class ProcessRangeReader:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+        if self._process.stdout:
+            self._process.stdout.close()
