@@ -9,8 +9,10 @@ untouched history. Dagster's eager automation would only refresh the latest part
 """
 
 import datetime as dt
+from collections.abc import Callable
 
 import dagster as dg
+from dagster import EventLogRecord
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
@@ -75,49 +77,86 @@ def existing_hours(hours: list[dt.datetime], now: dt.datetime) -> list[dt.dateti
     return [h for h in hours if first <= h <= current]
 
 
-def build_windows_sensor(
-    job: UnresolvedAssetJobDefinition, running_by_default: bool, interval_s: int = 2
+def _hour_ranges_sensor(
+    *,
+    name: str,
+    description: str,
+    job: UnresolvedAssetJobDefinition,
+    running_by_default: bool,
+    interval_s: int,
+    source: dg.AssetKey,
+    hours_of: Callable[[list[EventLogRecord]], list[dt.datetime]],
+    prefix: str,
+    tags: dict[str, str] | None = None,
 ) -> dg.SensorDefinition:
+    """A sensor reading ``source``'s materializations after its cursor (the event log,
+    never DuckDB) and requesting one run of ``job`` per contiguous range of the hours
+    ``hours_of`` finds in them."""
+
     @dg.sensor(
-        name="cleaned_events_windows_sensor",
+        name=name,
         job=job,
         minimum_interval_seconds=interval_s,
         default_status=(
             dg.DefaultSensorStatus.RUNNING if running_by_default else dg.DefaultSensorStatus.STOPPED
         ),
-        description="Re-materializes the windowed_aggregates partitions each ingest touched.",
+        description=description,
     )
-    def cleaned_events_windows_sensor(
-        context: dg.SensorEvaluationContext,
-    ) -> dg.SensorResult | dg.SkipReason:
+    def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         cursor = (
             WindowsCursor.model_validate_json(context.cursor) if context.cursor else WindowsCursor()
         )
         result = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=CLEANED_EVENTS, after_storage_id=cursor.after_storage_id
-            ),
+            dg.AssetRecordsFilter(asset_key=source, after_storage_id=cursor.after_storage_id),
             limit=FETCH_LIMIT,
             ascending=True,
         )
         if not result.records:
-            return dg.SkipReason("no new cleaned_events materialization")
-        touched: list[dt.datetime] = []
-        for record in result.records:
-            materialization = record.asset_materialization
-            value = materialization.metadata.get("touched_hours") if materialization else None
-            if value is not None and isinstance(value.value, list):
-                touched += [dt.datetime.fromisoformat(str(hour)) for hour in value.value]
+            return dg.SkipReason(f"no new {source.to_user_string()} materialization")
         trigger = result.records[-1].storage_id
-        hours = existing_hours(touched, dt.datetime.now(dt.UTC))
         return dg.SensorResult(
             run_requests=[
-                refresh_request(first, last, trigger) for first, last in contiguous_ranges(hours)
+                refresh_request(first, last, trigger, prefix=prefix, tags=tags)
+                for first, last in contiguous_ranges(hours_of(list(result.records)))
             ],
             cursor=WindowsCursor(after_storage_id=trigger).model_dump_json(),
         )
 
-    return cleaned_events_windows_sensor
+    return _sensor
+
+
+def _touched_hours(records: list[EventLogRecord]) -> list[dt.datetime]:
+    """The existing hours named in cleaned_events materializations' touched_hours."""
+    touched: list[dt.datetime] = []
+    for record in records:
+        materialization = record.asset_materialization
+        value = materialization.metadata.get("touched_hours") if materialization else None
+        if value is not None and isinstance(value.value, list):
+            touched += [dt.datetime.fromisoformat(str(hour)) for hour in value.value]
+    return existing_hours(touched, dt.datetime.now(dt.UTC))
+
+
+def _materialized_hours(records: list[EventLogRecord]) -> list[dt.datetime]:
+    return [
+        dt.datetime.strptime(record.partition_key, PARTITION_KEY_FORMAT).replace(tzinfo=dt.UTC)
+        for record in records
+        if record.partition_key
+    ]
+
+
+def build_windows_sensor(
+    job: UnresolvedAssetJobDefinition, running_by_default: bool, interval_s: int = 2
+) -> dg.SensorDefinition:
+    return _hour_ranges_sensor(
+        name="cleaned_events_windows_sensor",
+        description="Re-materializes the windowed_aggregates partitions each ingest touched.",
+        job=job,
+        running_by_default=running_by_default,
+        interval_s=interval_s,
+        source=CLEANED_EVENTS,
+        hours_of=_touched_hours,
+        prefix="windows",
+    )
 
 
 SCORING_PRIORITY = {PRIORITY_TAG: "-1"}
@@ -132,43 +171,14 @@ def build_scoring_sensor(
     separate, slower trigger than the windows refresh, at a lower priority: scoring holds
     the DuckDB writer pool for seconds, and on every refresh it delayed the next ingest
     (freshness p50 12.4 s without it, 17.4 s scoring every 30 s, bench/freshness.py)."""
-
-    @dg.sensor(
+    return _hour_ranges_sensor(
         name="windowed_aggregates_scoring_sensor",
-        job=job,
-        minimum_interval_seconds=interval_s,
-        default_status=(
-            dg.DefaultSensorStatus.RUNNING if running_by_default else dg.DefaultSensorStatus.STOPPED
-        ),
         description="Scores and alerts the hours whose windowed_aggregates were refreshed.",
+        job=job,
+        running_by_default=running_by_default,
+        interval_s=interval_s,
+        source=WINDOWED_AGGREGATES,
+        hours_of=_materialized_hours,
+        prefix="scores",
+        tags=SCORING_PRIORITY,
     )
-    def windowed_aggregates_scoring_sensor(
-        context: dg.SensorEvaluationContext,
-    ) -> dg.SensorResult | dg.SkipReason:
-        cursor = (
-            WindowsCursor.model_validate_json(context.cursor) if context.cursor else WindowsCursor()
-        )
-        result = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=WINDOWED_AGGREGATES, after_storage_id=cursor.after_storage_id
-            ),
-            limit=FETCH_LIMIT,
-            ascending=True,
-        )
-        if not result.records:
-            return dg.SkipReason("no new windowed_aggregates materialization")
-        hours = [
-            dt.datetime.strptime(record.partition_key, PARTITION_KEY_FORMAT).replace(tzinfo=dt.UTC)
-            for record in result.records
-            if record.partition_key
-        ]
-        trigger = result.records[-1].storage_id
-        return dg.SensorResult(
-            run_requests=[
-                refresh_request(first, last, trigger, prefix="scores", tags=SCORING_PRIORITY)
-                for first, last in contiguous_ranges(hours)
-            ],
-            cursor=WindowsCursor(after_storage_id=trigger).model_dump_json(),
-        )
-
-    return windowed_aggregates_scoring_sensor
