@@ -31,6 +31,39 @@ SCORING_PARTITIONS = "ops.scoring_partitions"
 
 SCHEMAS = ("raw", "clean", "agg", "features", "ml", "ops")
 
+# The 1-minute and hourly tables of one kind have the same columns (the same window
+# functions, astra_pipeline.transforms.windows, at two lengths).
+_SENSOR_WINDOW_COLUMNS = """
+        device_id VARCHAR NOT NULL,
+        window_start TIMESTAMPTZ NOT NULL,
+        window_end TIMESTAMPTZ NOT NULL,
+        reading_count BIGINT NOT NULL,
+        temperature_c_mean DOUBLE NOT NULL,
+        temperature_c_min DOUBLE NOT NULL,
+        temperature_c_max DOUBLE NOT NULL,
+        temperature_c_stddev DOUBLE,
+        temperature_c_p95 DOUBLE NOT NULL,
+        humidity_pct_mean DOUBLE NOT NULL,
+        humidity_pct_min DOUBLE NOT NULL,
+        humidity_pct_max DOUBLE NOT NULL,
+        humidity_pct_stddev DOUBLE,
+        humidity_pct_p95 DOUBLE NOT NULL,
+        battery_min DOUBLE NOT NULL,
+        count_ok BIGINT NOT NULL,
+        count_degraded BIGINT NOT NULL,
+        count_fault BIGINT NOT NULL
+"""
+_USER_WINDOW_COLUMNS = """
+        user_id VARCHAR NOT NULL,
+        window_start TIMESTAMPTZ NOT NULL,
+        window_end TIMESTAMPTZ NOT NULL,
+        event_count BIGINT NOT NULL,
+        page_views BIGINT NOT NULL,
+        carts BIGINT NOT NULL,
+        purchases BIGINT NOT NULL,
+        revenue DOUBLE NOT NULL
+"""
+
 DDL = (
     *(f"CREATE SCHEMA IF NOT EXISTS {schema}" for schema in SCHEMAS),
     f"""
@@ -121,48 +154,8 @@ DDL = (
     # Aggregates (astra_pipeline.transforms.windows): one hourly partition's rows are those
     # with window_start (session_start for sessions) in [hour, hour + 1h). Columns match
     # the frames the window functions return; stddev is null for a one-reading window.
-    f"""
-    CREATE TABLE IF NOT EXISTS {AGG_SENSOR_1M} (
-        device_id VARCHAR NOT NULL,
-        window_start TIMESTAMPTZ NOT NULL,
-        window_end TIMESTAMPTZ NOT NULL,
-        reading_count BIGINT NOT NULL,
-        temperature_c_mean DOUBLE NOT NULL,
-        temperature_c_min DOUBLE NOT NULL,
-        temperature_c_max DOUBLE NOT NULL,
-        temperature_c_stddev DOUBLE,
-        temperature_c_p95 DOUBLE NOT NULL,
-        humidity_pct_mean DOUBLE NOT NULL,
-        humidity_pct_min DOUBLE NOT NULL,
-        humidity_pct_max DOUBLE NOT NULL,
-        humidity_pct_stddev DOUBLE,
-        humidity_pct_p95 DOUBLE NOT NULL,
-        battery_min DOUBLE NOT NULL,
-        count_ok BIGINT NOT NULL,
-        count_degraded BIGINT NOT NULL,
-        count_fault BIGINT NOT NULL
-    )""",
-    f"""
-    CREATE TABLE IF NOT EXISTS {AGG_SENSOR_1H} (
-        device_id VARCHAR NOT NULL,
-        window_start TIMESTAMPTZ NOT NULL,
-        window_end TIMESTAMPTZ NOT NULL,
-        reading_count BIGINT NOT NULL,
-        temperature_c_mean DOUBLE NOT NULL,
-        temperature_c_min DOUBLE NOT NULL,
-        temperature_c_max DOUBLE NOT NULL,
-        temperature_c_stddev DOUBLE,
-        temperature_c_p95 DOUBLE NOT NULL,
-        humidity_pct_mean DOUBLE NOT NULL,
-        humidity_pct_min DOUBLE NOT NULL,
-        humidity_pct_max DOUBLE NOT NULL,
-        humidity_pct_stddev DOUBLE,
-        humidity_pct_p95 DOUBLE NOT NULL,
-        battery_min DOUBLE NOT NULL,
-        count_ok BIGINT NOT NULL,
-        count_degraded BIGINT NOT NULL,
-        count_fault BIGINT NOT NULL
-    )""",
+    f"CREATE TABLE IF NOT EXISTS {AGG_SENSOR_1M} ({_SENSOR_WINDOW_COLUMNS})",
+    f"CREATE TABLE IF NOT EXISTS {AGG_SENSOR_1H} ({_SENSOR_WINDOW_COLUMNS})",
     f"""
     CREATE TABLE IF NOT EXISTS {AGG_SENSOR_5M_SLIDING} (
         device_id VARCHAR NOT NULL,
@@ -174,28 +167,8 @@ DDL = (
         humidity_pct_mean DOUBLE NOT NULL,
         humidity_pct_max DOUBLE NOT NULL
     )""",
-    f"""
-    CREATE TABLE IF NOT EXISTS {AGG_USER_1M} (
-        user_id VARCHAR NOT NULL,
-        window_start TIMESTAMPTZ NOT NULL,
-        window_end TIMESTAMPTZ NOT NULL,
-        event_count BIGINT NOT NULL,
-        page_views BIGINT NOT NULL,
-        carts BIGINT NOT NULL,
-        purchases BIGINT NOT NULL,
-        revenue DOUBLE NOT NULL
-    )""",
-    f"""
-    CREATE TABLE IF NOT EXISTS {AGG_USER_1H} (
-        user_id VARCHAR NOT NULL,
-        window_start TIMESTAMPTZ NOT NULL,
-        window_end TIMESTAMPTZ NOT NULL,
-        event_count BIGINT NOT NULL,
-        page_views BIGINT NOT NULL,
-        carts BIGINT NOT NULL,
-        purchases BIGINT NOT NULL,
-        revenue DOUBLE NOT NULL
-    )""",
+    f"CREATE TABLE IF NOT EXISTS {AGG_USER_1M} ({_USER_WINDOW_COLUMNS})",
+    f"CREATE TABLE IF NOT EXISTS {AGG_USER_1H} ({_USER_WINDOW_COLUMNS})",
     f"""
     CREATE TABLE IF NOT EXISTS {AGG_USER_SESSIONS} (
         user_id VARCHAR NOT NULL,
