@@ -18,6 +18,7 @@ import dagster as dg
 import polars as pl
 
 from astra_pipeline.assets.ingest import CLEANED_EVENTS, WRITER_POOL
+from astra_pipeline.assets.windows import HOURLY
 from resources.serving import (
     PgType,
     PostgresServingResource,
@@ -58,9 +59,8 @@ FOLLOW_UPSTREAM = dg.AutomationCondition.eager().without(
 )
 
 # The clean event tables, opt-in (ASTRA_PG_SERVING_SCHEMAS=...,clean): served by event
-# time, one hour per partition; event_id is unique per table (a blocking ingest check).
-# The same definition as windowed_aggregates' hourly partitions.
-CLEAN_HOURLY = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", end_offset=1)
+# time, one hour per partition (windowed_aggregates' HOURLY); event_id is unique per table
+# (a blocking ingest check).
 
 _DELIVERY = (
     col("topic", "text", nullable=False),
@@ -356,8 +356,8 @@ class ServedTable:
 
 # Materialized on demand or by a backfill (`--partition-range`), never automatically.
 CLEAN_SERVED_TABLES = (
-    ServedTable(SENSOR_READINGS_SPEC, CLEANED_EVENTS, CLEAN_HOURLY, automate=False),
-    ServedTable(USER_ACTIVITY_SPEC, CLEANED_EVENTS, CLEAN_HOURLY, automate=False),
+    ServedTable(SENSOR_READINGS_SPEC, CLEANED_EVENTS, HOURLY, automate=False),
+    ServedTable(USER_ACTIVITY_SPEC, CLEANED_EVENTS, HOURLY, automate=False),
 )
 
 
