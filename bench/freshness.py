@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import datetime as dt
 import os
 import platform
-import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
+
+from embedded_daemon import embedded_daemon
 
 from astra_pipeline.simulator import SimulatorConfig, generate
 from resources.broker import EmbeddedBroker
@@ -114,28 +113,11 @@ def main() -> None:
         topic = f"fresh_{uuid.uuid4().hex[:8]}"
         kafka = KafkaResource(bootstrap_servers=broker.bootstrap_servers)
         kafka.create_topics({topic: 6, f"{topic}_dlq": 1})
-        home = tmp / "dagster_home"
-        home.mkdir()
-        shutil.copy(ROOT / "dagster.embedded.yaml", home / "dagster.yaml")
-        db = tmp / "astra.duckdb"
-        env = {
-            **os.environ,
-            "DAGSTER_HOME": str(home),
-            "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-            "ASTRA_DUCKDB_PATH": str(db),
-            "ASTRA_TOPIC_RAW": topic,
-            "ASTRA_TOPIC_DEADLETTER": f"{topic}_dlq",
-            "ASTRA_CONSUMER_GROUP": f"g-{topic}",
-        }
-        daemon = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+        stack = contextlib.ExitStack()
+        daemon = stack.enter_context(
+            embedded_daemon(tmp, broker.bootstrap_servers, topic, f"{topic}_dlq")
         )
-        warehouse = DuckDBWarehouseResource(path=str(db), lock_timeout_s=0.5)
+        warehouse = DuckDBWarehouseResource(path=str(daemon.duckdb_path), lock_timeout_s=0.5)
         stop = threading.Event()
         polls: list[tuple[float, dict[float, int]]] = []
         poller = threading.Thread(target=poll_counts, args=(warehouse, stop, polls))
@@ -154,12 +136,7 @@ def main() -> None:
             stop.set()
             if poller.is_alive():
                 poller.join()
-            os.killpg(daemon.pid, signal.SIGTERM)
-            try:
-                daemon.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(daemon.pid, signal.SIGKILL)
-                daemon.wait()
+            stack.close()
     delays = freshness(times, polls)
     visible = len(delays)
     quantiles = statistics.quantiles(delays, n=100, method="inclusive") if visible > 1 else [0] * 99

@@ -20,8 +20,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+from embedded_daemon import INSTANCE_YAML, embedded_daemon
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.events import EventRejected, SensorReading, parse_event
@@ -47,13 +46,13 @@ BATCH = 100_000
 TARGET_RATE = 100_000
 TARGET_RATIO = 100
 TARGET_SYSTEM_RATE = 40_000
-INSTANCE_YAML = ROOT / "dagster.embedded.yaml"
 INGEST_JOB = "ingest_events_job"
 KEEP_MARKER = "<!-- other benchmarks: kept when bench/ingest.py rewrites this file -->"
 
 CHILD = r"""
 import json, resource, sys, time
 from astra_pipeline.assets.ingest import IngestConfig, drain
+from embedded_daemon import INSTANCE_YAML, embedded_daemon
 from resources.kafka import KafkaResource
 from resources.kafka_range import ProcessRangeReader
 from resources.warehouse import DuckDBWarehouseResource
@@ -262,31 +261,10 @@ def whole_system(
     admin = KafkaResource(bootstrap_servers=servers)
     topic, dlq = new_topic(admin, "bench_system")
     admin.produce_all(topic, messages)
-    home = workdir / "dagster_home"
-    home.mkdir()
-    shutil.copy(INSTANCE_YAML, home / "dagster.yaml")
-    db = workdir / "system.duckdb"
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "ASTRA_KAFKA_BOOTSTRAP_SERVERS": servers,
-        "ASTRA_DUCKDB_PATH": str(db),
-        "ASTRA_TOPIC_RAW": topic,
-        "ASTRA_TOPIC_DEADLETTER": dlq,
-        "ASTRA_CONSUMER_GROUP": f"g-{topic}",
-    }
-    bin_dir = Path(sys.executable).parent
-    daemon = subprocess.Popen(
-        [str(bin_dir / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    warehouse = DuckDBWarehouseResource(path=str(db), lock_timeout_s=1)
     ingested = 0
-    try:
+    with embedded_daemon(workdir, servers, topic, dlq) as daemon:
+        home = daemon.home
+        warehouse = DuckDBWarehouseResource(path=str(daemon.duckdb_path), lock_timeout_s=1)
         deadline = time.monotonic() + timeout_s
         while ingested < len(messages) and time.monotonic() < deadline:
             time.sleep(1)
@@ -303,13 +281,6 @@ def whole_system(
                 for r in instance.get_run_records(dg.RunsFilter(job_name=INGEST_JOB))
             ):
                 time.sleep(1)
-    finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
     if ingested < len(messages):
         return {"error": f"only {ingested:,} of {len(messages):,} after {timeout_s:.0f}s"}
     last_commit = warehouse.query("SELECT max(committed_at) AS t FROM ops.ingest_ledger").item()
