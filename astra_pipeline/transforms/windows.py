@@ -24,10 +24,11 @@ Conventions shared by every function here:
   the value itself.
 - ``stddev`` is the sample standard deviation (n - 1 in the denominator); null for a
   window with a single value.
-- Floating sums (mean, stddev, revenue) depend on the order in which rows are added, in
-  the last bits. The functions do not sort their input (that would cost more than the
-  aggregation itself); callers that need bit-identical floats across two computations
-  feed the rows in one canonical order.
+- Floating sums depend on the order in which values are added, in the last bits. Every
+  sum here adds a window's values in row order (see :func:`_ordered_sum`), so callers
+  that need bit-identical floats across two computations feed the rows in one
+  canonical order (the window store reads them ordered by ts, event_id). The functions
+  do not sort their input: that would cost more than the aggregation itself.
 """
 
 from __future__ import annotations
@@ -291,6 +292,18 @@ def sessions(
 # --- the agg tables -------------------------------------------------------------------
 
 
+def _ordered_sum(column: str) -> pl.Expr:
+    """The sum of a group's values added in row order.
+
+    A plain ``sum()`` is not: when every aggregation of a group-by is a plain sum, count
+    or maximum, polars may add per-thread partial sums together, and it chooses to from
+    a random sample of the keys, so the same input gave sliding means that differed in
+    the last bit from one run to the next. Gathering the group's values (polars keeps
+    row order within a group) and summing the list costs about the same.
+    """
+    return pl.col(column).implode().list.sum()
+
+
 def _count(condition: pl.Expr, name: str) -> pl.Expr:
     return condition.sum().cast(pl.Int64).alias(name)
 
@@ -318,7 +331,7 @@ def _user_aggs() -> list[pl.Expr]:
         _count(action == "page_view", "page_views"),
         _count(action == "add_to_cart", "carts"),
         _count(action == "purchase", "purchases"),
-        pl.col("revenue").sum().alias("revenue"),
+        _ordered_sum("revenue").alias("revenue"),
     ]
 
 
@@ -373,11 +386,11 @@ def sensor_5m_sliding(
     rollup_aggs = [pl.col("n").sum().alias("reading_count")]
     for metric in SENSOR_METRICS:
         partial_aggs += [
-            pl.col(metric).sum().alias(f"{metric}_sum"),
+            _ordered_sum(metric).alias(f"{metric}_sum"),
             pl.col(metric).max().alias(f"{metric}_max"),
         ]
         rollup_aggs += [
-            pl.col(f"{metric}_sum").sum().alias(f"{metric}_sum"),
+            _ordered_sum(f"{metric}_sum").alias(f"{metric}_sum"),
             pl.col(f"{metric}_max").max().alias(f"{metric}_max"),
         ]
     minutes = (
@@ -453,7 +466,7 @@ def user_sessions(
         aggs=[
             pl.len().alias("event_count"),
             (pl.col("action") == "purchase").sum().alias("purchase_count"),
-            pl.col("revenue").sum().alias("revenue"),
+            _ordered_sum("revenue").alias("revenue"),
         ],
         clip_start=lo,
         clip_end=hi,
