@@ -115,9 +115,15 @@ def test_daemon_on_postgres_storage_runs_sensor_and_ingest(
         ).fetchone()
     assert sensor_tag == ("kafka_events_sensor",)
     assert events.get(DagsterEventType.RUN_SUCCESS.value) == 1
-    assert events.get(DagsterEventType.ASSET_MATERIALIZATION.value) == 3
+    # The three ingest assets, then the windows of the run's own hour in the same run.
+    assert events.get(DagsterEventType.ASSET_MATERIALIZATION.value) == 4
     assert events.get(DagsterEventType.ASSET_CHECK_EVALUATION.value, 0) >= 1
-    assert materialized == {'["raw_events"]', '["cleaned_events"]', '["dead_letter_events"]'}
+    assert materialized == {
+        '["raw_events"]',
+        '["cleaned_events"]',
+        '["dead_letter_events"]',
+        '["windowed_aggregates"]',
+    }
     assert sensor_ticks is not None and sensor_ticks[0] >= 1
     assert not list(home.rglob("*.db")), "instance storage fell back to SQLite"
     # The run really ingested the topic (nothing else ran against this DuckDB file).

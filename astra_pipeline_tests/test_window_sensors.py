@@ -1,16 +1,20 @@
 """The windows refresh and scoring sensors, with build_sensor_context on a test instance."""
 
 import datetime as dt
+import time
 
 import dagster as dg
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
 
 from astra_pipeline.assets.ingest import CLEANED_EVENTS
 from astra_pipeline.assets.windows import WINDOWED_AGGREGATES
-from astra_pipeline.jobs import build_anomaly_job, build_windows_job
+from astra_pipeline.jobs import INGEST_JOB_NAME, build_anomaly_job, build_windows_job
+from astra_pipeline.transforms.partition_windows import contiguous_ranges
 from sensors.window_refresh import (
+    RUN_WAIT_S,
     build_scoring_sensor,
     build_windows_sensor,
-    contiguous_ranges,
 )
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -80,3 +84,117 @@ def test_scoring_sensor_follows_materialized_window_partitions() -> None:
         # Scoring yields the writer pool to ingest and refresh runs.
         assert {r.tags["dagster/priority"] for r in got} == {"-1"}
         assert requests(sensor, instance, cursor)[0] == []
+
+
+def ingest_run(
+    instance: dg.DagsterInstance,
+    own_hour: dt.datetime,
+    touched: list[dt.datetime],
+    seconds_ago: float = 0.0,
+) -> str:
+    """An ingest run for ``own_hour``'s partition (started) whose cleaned_events
+    materialization, ``seconds_ago``, names ``touched``."""
+    run = instance.add_run(
+        dg.DagsterRun(
+            job_name=INGEST_JOB_NAME,
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"dagster/partition": own_hour.strftime("%Y-%m-%d-%H:00")},
+        )
+    )
+    materialization = dg.AssetMaterialization(
+        CLEANED_EVENTS,
+        metadata={"touched_hours": dg.MetadataValue.json([h.isoformat() for h in touched])},
+    )
+    store(instance, run.run_id, materialization, time.time() - seconds_ago)
+    return run.run_id
+
+
+def store(
+    instance: dg.DagsterInstance,
+    run_id: str,
+    materialization: dg.AssetMaterialization,
+    timestamp: float | None = None,
+) -> None:
+    """``materialization`` recorded in the event log as one of run ``run_id``'s."""
+    instance.store_event(
+        EventLogEntry(
+            error_info=None,
+            level="debug",
+            user_message="",
+            run_id=run_id,
+            timestamp=time.time() if timestamp is None else timestamp,
+            dagster_event=DagsterEvent(
+                DagsterEventType.ASSET_MATERIALIZATION.value,
+                INGEST_JOB_NAME,
+                event_specific_data=StepMaterializationData(materialization),
+            ),
+        )
+    )
+
+
+def windows_refreshed(instance: dg.DagsterInstance, run_id: str, own_hour: dt.datetime) -> None:
+    """The run's windows step: windowed_aggregates materialized for its own hour."""
+    key = own_hour.strftime("%Y-%m-%d-%H:00")
+    store(instance, run_id, dg.AssetMaterialization(WINDOWED_AGGREGATES, partition=key))
+
+
+def finish(instance: dg.DagsterInstance, run_id: str, status: dg.DagsterRunStatus) -> None:
+    event = (
+        DagsterEventType.RUN_SUCCESS
+        if status == dg.DagsterRunStatus.SUCCESS
+        else DagsterEventType.RUN_FAILURE
+    )
+    instance.handle_run_event(run_id, DagsterEvent(event.value, INGEST_JOB_NAME))
+
+
+def keys(got: list[dg.RunRequest]) -> list[tuple[str, str]]:
+    return sorted(
+        (r.partition_key or r.tags[RANGE_START], r.partition_key or r.tags[RANGE_END]) for r in got
+    )
+
+
+def test_windows_sensor_leaves_the_hour_an_ingest_run_refreshed_itself() -> None:
+    """The ingest run refreshes its own (live) hour after its drain: the sensor requests
+    the other touched hours, waits while the run is going, and requests the run's own
+    hour too when the run failed (its windows step may not have run)."""
+    sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
+    with dg.instance_for_test() as instance:
+        ok = ingest_run(instance, hour(11), [hour(10), hour(11)])
+        # The run has not ended: its materialization waits, the cursor stays before it.
+        got, cursor = requests(sensor, instance)
+        assert got == [] and cursor is None
+        windows_refreshed(instance, ok, hour(11))
+        finish(instance, ok, dg.DagsterRunStatus.SUCCESS)
+        failed = ingest_run(instance, hour(11), [hour(11), hour(7)])
+        # The finished run's hours are consumed; the running one still waits.
+        got, cursor = requests(sensor, instance)
+        assert keys(got) == [("2026-11-23-10:00", "2026-11-23-10:00")]
+        assert requests(sensor, instance, cursor)[0] == []
+        finish(instance, failed, dg.DagsterRunStatus.FAILURE)
+        got, cursor = requests(sensor, instance, cursor)
+        assert keys(got) == [
+            ("2026-11-23-07:00", "2026-11-23-07:00"),
+            ("2026-11-23-11:00", "2026-11-23-11:00"),
+        ]
+        assert requests(sensor, instance, cursor)[0] == []
+
+
+def test_windows_sensor_stops_waiting_for_an_ingest_run_that_never_ends() -> None:
+    """A run whose process died unrecorded must not hold back every later refresh: after
+    RUN_WAIT_S its hours, its own included, are requested as for a failed run."""
+    sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
+    with dg.instance_for_test() as instance:
+        ingest_run(instance, hour(9), [hour(9)], seconds_ago=RUN_WAIT_S + 5)
+        got, _ = requests(sensor, instance)
+        assert keys(got) == [("2026-11-23-09:00", "2026-11-23-09:00")]
+
+
+def test_windows_sensor_requests_the_own_hour_of_a_run_without_its_windows_step() -> None:
+    """A successful ingest run that did not materialize its hour's windows (launched
+    with only the ingest assets selected) leaves that hour to the sensor."""
+    sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
+    with dg.instance_for_test() as instance:
+        run_id = ingest_run(instance, hour(12), [hour(12)])
+        finish(instance, run_id, dg.DagsterRunStatus.SUCCESS)
+        got, _ = requests(sensor, instance)
+        assert keys(got) == [("2026-11-23-12:00", "2026-11-23-12:00")]

@@ -2,9 +2,12 @@
 
 It only looks: the partitions' high watermarks against the consumer group's committed
 offsets (which an ingest run commits right after its ledger transaction). It never opens
-the DuckDB file, so it can never wait on, or fail because of, the writer lock.
+the DuckDB file, so it can never wait on, or fail because of, the writer lock. A run is
+for the windowed_aggregates partition of the current hour, which it refreshes after its
+drain (see jobs.build_ingest_job).
 """
 
+import datetime as dt
 import hashlib
 import time
 
@@ -13,6 +16,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 from pydantic import BaseModel
 
 from astra_pipeline.assets.ingest import RAW_EVENTS
+from astra_pipeline.assets.windows import partition_key
 from astra_pipeline.jobs import INGEST_JOB_NAME
 from resources.kafka import KafkaResource
 
@@ -49,6 +53,12 @@ def _last_run_stopped_early(context: dg.SensorEvaluationContext) -> bool:
         return False
     value = event.asset_materialization.metadata.get("reached_eof")
     return value is not None and value.value is False
+
+
+def current_hour_key(now: dt.datetime | None = None) -> str:
+    """The windowed_aggregates partition of the hour ``now`` (default: the clock) is in."""
+    moment = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    return partition_key(moment.replace(minute=0, second=0, microsecond=0))
 
 
 def build_kafka_events_sensor(
@@ -89,7 +99,10 @@ def build_kafka_events_sensor(
         if not active and (lag > 0 or _last_run_stopped_early(context)):
             run_requests.append(
                 dg.RunRequest(
-                    run_key=run_key_for(watermarks, committed), tags={"astra/kafka_lag": str(lag)}
+                    run_key=run_key_for(watermarks, committed),
+                    # The run refreshes this hour's windows after its drain (the live hour).
+                    partition_key=current_hour_key(),
+                    tags={"astra/kafka_lag": str(lag)},
                 )
             )
         if not run_requests and not observations:

@@ -3,20 +3,31 @@
 Each ingest run records, in its cleaned_events materialization, the event-time hours
 its rows fall into (and the neighbours whose sliding windows or session flags they can
 change). This sensor reads those materializations from the event log (never DuckDB),
-after its cursor, and requests one run per contiguous range of touched hours: the
-current hour and any past hour a late event reached, each once per trigger, and no
-untouched history. Dagster's eager automation would only refresh the latest partition.
+after its cursor, and requests one run per contiguous range of the touched hours other
+than those the ingest runs refreshed themselves (below): hours late events reached,
+neighbours whose windows they change, the new hour when a run was for the one before,
+each once per trigger, and no untouched history. Dagster's eager automation would only
+refresh the latest partition.
+
+The ingest run refreshes its own hour (the live one) itself, after its drain. So the
+sensor leaves that hour out when the run succeeded and materialized it, requests it
+otherwise (a failed run, or one launched without the windows step), and waits while
+the run is still going: a
+materialization of an unfinished run is not consumed (the cursor stops before it), for
+at most RUN_WAIT_S, after which the hour is requested as for a failed run.
 """
 
 import datetime as dt
+import time
 from collections.abc import Callable
 
 import dagster as dg
-from dagster import EventLogRecord
+from dagster import DagsterInstance, EventLogRecord
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
     PRIORITY_TAG,
 )
 from pydantic import BaseModel
@@ -24,29 +35,23 @@ from pydantic import BaseModel
 from astra_pipeline.assets.ingest import CLEANED_EVENTS
 from astra_pipeline.assets.windows import (
     HOURLY,
-    PARTITION_KEY_FORMAT,
     WINDOWED_AGGREGATES,
+    partition_hour,
     partition_key,
 )
+from astra_pipeline.jobs import INGEST_JOB_NAME
+from astra_pipeline.transforms.partition_windows import contiguous_ranges
 
 HOUR = dt.timedelta(hours=1)
 FETCH_LIMIT = 1_000
+RUN_WAIT_S = 300.0
+"""How long the sensor waits for an ingest run to end before it refreshes that run's own
+hour itself (an ingest run takes seconds; a backlog drain is bounded by its time budget)."""
 
 
 class WindowsCursor(BaseModel):
     after_storage_id: int | None = None
     """The last cleaned_events materialization already turned into run requests."""
-
-
-def contiguous_ranges(hours: list[dt.datetime]) -> list[tuple[dt.datetime, dt.datetime]]:
-    """Sorted hours grouped into runs of consecutive hours: (first, last) each."""
-    ranges: list[tuple[dt.datetime, dt.datetime]] = []
-    for hour in sorted(set(hours)):
-        if ranges and hour - ranges[-1][1] == HOUR:
-            ranges[-1] = (ranges[-1][0], hour)
-        else:
-            ranges.append((hour, hour))
-    return ranges
 
 
 def refresh_request(
@@ -85,13 +90,14 @@ def _hour_ranges_sensor(
     running_by_default: bool,
     interval_s: int,
     source: dg.AssetKey,
-    hours_of: Callable[[list[EventLogRecord]], list[dt.datetime]],
+    hours_of: Callable[[list[EventLogRecord], DagsterInstance], tuple[list[dt.datetime], int]],
     prefix: str,
     tags: dict[str, str] | None = None,
 ) -> dg.SensorDefinition:
     """A sensor reading ``source``'s materializations after its cursor (the event log,
     never DuckDB) and requesting one run of ``job`` per contiguous range of the hours
-    ``hours_of`` finds in them."""
+    ``hours_of`` finds in them. ``hours_of`` also says how many of the records (in order)
+    it consumed; the rest wait for a later tick (the cursor stops before them)."""
 
     @dg.sensor(
         name=name,
@@ -113,11 +119,14 @@ def _hour_ranges_sensor(
         )
         if not result.records:
             return dg.SkipReason(f"no new {source.to_user_string()} materialization")
-        trigger = result.records[-1].storage_id
+        hours, consumed = hours_of(list(result.records), context.instance)
+        if consumed == 0:
+            return dg.SkipReason("waiting for the run of the next materialization to end")
+        trigger = result.records[consumed - 1].storage_id
         return dg.SensorResult(
             run_requests=[
                 refresh_request(first, last, trigger, prefix=prefix, tags=tags)
-                for first, last in contiguous_ranges(hours_of(list(result.records)))
+                for first, last in contiguous_ranges(hours)
             ],
             cursor=WindowsCursor(after_storage_id=trigger).model_dump_json(),
         )
@@ -125,23 +134,72 @@ def _hour_ranges_sensor(
     return _sensor
 
 
-def _touched_hours(records: list[EventLogRecord]) -> list[dt.datetime]:
-    """The existing hours named in cleaned_events materializations' touched_hours."""
+def _ingest_run(record: EventLogRecord, instance: DagsterInstance) -> dg.DagsterRun | None:
+    """The ingest run that wrote ``record``, when it is one (also refreshing its hour)."""
+    if not record.run_id:
+        return None
+    run = instance.get_run_by_id(record.run_id)
+    if run is None or run.job_name != INGEST_JOB_NAME or PARTITION_NAME_TAG not in run.tags:
+        return None
+    return run
+
+
+def _touched_hours(
+    records: list[EventLogRecord], instance: DagsterInstance
+) -> tuple[list[dt.datetime], int]:
+    """The existing hours named in cleaned_events materializations' touched_hours, less
+    the hour a successful ingest run refreshed itself; and how many records that covers.
+    It stops at the first record whose ingest run has not ended (it may still refresh its
+    own hour), unless that materialization is older than RUN_WAIT_S (a run whose process
+    died without a record of it must not hold back every later refresh)."""
     touched: list[dt.datetime] = []
+    consumed = 0
     for record in records:
+        run = _ingest_run(record, instance)
+        running = run is not None and not run.is_finished
+        if running and time.time() - record.timestamp <= RUN_WAIT_S:
+            break
         materialization = record.asset_materialization
         value = materialization.metadata.get("touched_hours") if materialization else None
         if value is not None and isinstance(value.value, list):
-            touched += [dt.datetime.fromisoformat(str(hour)) for hour in value.value]
-    return existing_hours(touched, dt.datetime.now(dt.UTC))
+            own = _refreshed_by_the_run(record, run, instance)
+            touched += [
+                hour
+                for hour in (dt.datetime.fromisoformat(str(h)) for h in value.value)
+                if hour != own
+            ]
+        consumed += 1
+    return existing_hours(touched, dt.datetime.now(dt.UTC)), consumed
 
 
-def _materialized_hours(records: list[EventLogRecord]) -> list[dt.datetime]:
-    return [
-        dt.datetime.strptime(record.partition_key, PARTITION_KEY_FORMAT).replace(tzinfo=dt.UTC)
-        for record in records
-        if record.partition_key
-    ]
+def _refreshed_by_the_run(
+    record: EventLogRecord, run: dg.DagsterRun | None, instance: DagsterInstance
+) -> dt.datetime | None:
+    """The hour ingest ``run`` (behind ``record``) refreshed itself: it succeeded and
+    recorded a windowed_aggregates materialization of its partition after ``record``
+    (a run launched with only the ingest assets selected did not). None otherwise."""
+    if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
+        return None
+    key = run.tags[PARTITION_NAME_TAG]
+    later = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=WINDOWED_AGGREGATES,
+            asset_partitions=[key],
+            after_storage_id=record.storage_id,
+        ),
+        limit=FETCH_LIMIT,
+        ascending=True,
+    )
+    if any(r.run_id == run.run_id for r in later.records):
+        return partition_hour(key)
+    return None
+
+
+def _materialized_hours(
+    records: list[EventLogRecord], instance: DagsterInstance
+) -> tuple[list[dt.datetime], int]:
+    hours = [partition_hour(r.partition_key) for r in records if r.partition_key]
+    return hours, len(records)
 
 
 def build_windows_sensor(
@@ -160,7 +218,7 @@ def build_windows_sensor(
 
 
 SCORING_PRIORITY = {PRIORITY_TAG: "-1"}
-"""Scoring runs yield the DuckDB writer pool to waiting ingest and refresh runs."""
+"""Scoring runs yield to waiting ingest and refresh runs (queue and writer pool)."""
 
 
 def build_scoring_sensor(
@@ -168,9 +226,10 @@ def build_scoring_sensor(
 ) -> dg.SensorDefinition:
     """Scores follow the aggregates: the hours whose windowed_aggregates were materialized
     since the cursor get anomaly scores and alerts, one run per contiguous range. A
-    separate, slower trigger than the windows refresh, at a lower priority: scoring holds
-    the DuckDB writer pool for seconds, and on every refresh it delayed the next ingest
-    (freshness p50 12.4 s without it, 17.4 s scoring every 30 s, bench/freshness.py)."""
+    separate, slower trigger than the windows refresh, at a lower priority: scoring an
+    hour costs seconds of CPU (tens of seconds for a busy hour), and on every refresh it
+    delayed the next ingest (measured with bench/freshness.py in an earlier version of
+    the chain)."""
     return _hour_ranges_sensor(
         name="windowed_aggregates_scoring_sensor",
         description="Scores and alerts the hours whose windowed_aggregates were refreshed.",

@@ -42,6 +42,11 @@ def partition_key(hour: dt.datetime) -> str:
     return hour.astimezone(dt.UTC).strftime(PARTITION_KEY_FORMAT)
 
 
+def partition_hour(key: str) -> dt.datetime:
+    """The start of the hour a partition key names (the inverse of partition_key)."""
+    return dt.datetime.strptime(key, PARTITION_KEY_FORMAT).replace(tzinfo=dt.UTC)
+
+
 @dg.asset(
     key=WINDOWED_AGGREGATES,
     group_name="aggregate",

@@ -62,6 +62,18 @@ def hours_between(start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
     return [lo + i * HOUR for i in range(int((hi - lo) / HOUR))]
 
 
+def contiguous_ranges(hours: list[dt.datetime]) -> list[tuple[dt.datetime, dt.datetime]]:
+    """Hours (any order, repeats allowed) as (first, last) of each run of consecutive
+    hours, in order."""
+    ranges: list[tuple[dt.datetime, dt.datetime]] = []
+    for hour in sorted(set(hours)):
+        if ranges and hour - ranges[-1][1] == HOUR:
+            ranges[-1] = (ranges[-1][0], hour)
+        else:
+            ranges.append((hour, hour))
+    return ranges
+
+
 def compute_partition_windows(
     readings: pl.DataFrame, activity: pl.DataFrame, start: dt.datetime, end: dt.datetime
 ) -> PartitionWindows:
