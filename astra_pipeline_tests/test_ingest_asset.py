@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import uuid
 
 import dagster as dg
 
@@ -113,3 +114,56 @@ def test_a_run_failing_after_a_commit_still_reports_what_it_committed(
     assert raw["dagster/row_count"].value == committed
     touched = by_key["cleaned_events"].materialization.metadata["touched_hours"].value
     assert touched
+
+
+def run_checks(kafka, warehouse, run_id: str) -> dict[str, bool]:
+    """The row-level ingest checks executed alone, as run ``run_id``."""
+    checks = [c for c in STATIC_CHECKS if c.check_key.name != "raw_events_offset_continuity"]
+    defs = dg.Definitions(
+        assets=[ingest_events],
+        asset_checks=checks,
+        jobs=[dg.define_asset_job("checks_only", selection=dg.AssetSelection.checks(*checks))],
+        resources={"kafka": kafka, "warehouse": warehouse},
+    )
+    result = defs.resolve_job_def("checks_only").execute_in_process(
+        run_id=run_id, raise_on_error=False
+    )
+    return {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+
+
+def test_row_checks_look_at_the_run_batches_and_catch_damage(kafka, topic, warehouse) -> None:
+    """In an ingest run the checks read that run's batches only (their cost follows the
+    batch, not the history); run alone they read everything. Damage is caught either way
+    by the checks that cover it."""
+    config = IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq")
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    produce(kafka, topic, 2_000, malformed_fraction=0.02)
+    drain(kafka, warehouse, config, run_id=first)
+    produce(kafka, topic, 1_000, seed=2)
+    drain(kafka, warehouse, config, run_id=second)
+    assert set(run_checks(kafka, warehouse, second).values()) == {True}
+    batches = f"(SELECT batch_id FROM ops.ingest_ledger WHERE run_id = '{first}')"
+    with warehouse.transaction() as tx:
+        # In the first run's rows: a message stored twice, an event id repeated, and a
+        # dead letter lost (its offset now placed nowhere).
+        tx.execute(
+            f"INSERT INTO raw.events SELECT * FROM raw.events WHERE batch_id IN {batches} LIMIT 1"
+        )
+        tx.execute(
+            "INSERT INTO clean.sensor_readings SELECT * FROM clean.sensor_readings "
+            f"WHERE batch_id IN {batches} LIMIT 1"
+        )
+        tx.execute(
+            'DELETE FROM clean.dead_letter_events WHERE "offset" = (SELECT min("offset") '
+            f"FROM clean.dead_letter_events WHERE batch_id IN {batches})"
+        )
+    expected_failures = {
+        "raw_events_unique_offsets": False,
+        "cleaned_events_unique_event_id": False,
+        "cleaned_events_offsets_accounted": False,
+    }
+    # The second run's checks: the damage is not in their rows.
+    assert set(run_checks(kafka, warehouse, second).values()) == {True}
+    # The first run's checks, and checks run alone (a run without batches), see it all.
+    assert run_checks(kafka, warehouse, first) == expected_failures
+    assert run_checks(kafka, warehouse, str(uuid.uuid4())) == expected_failures

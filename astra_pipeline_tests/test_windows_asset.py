@@ -73,6 +73,18 @@ def materialize_hours(
     return result
 
 
+def ingested_and_aggregated(kafka, topic, warehouse, seed: int) -> list[dt.datetime]:
+    """Simulated events drained and every hour they touched aggregated in one run;
+    returns those hours."""
+    produce(kafka, topic, simulated(seed=seed))
+    totals = drain(
+        kafka, warehouse, IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq"), None
+    )
+    hours = existing_hours(sorted(totals.touched_hours), dt.datetime.now(dt.UTC))
+    materialize_hours(warehouse, hours[0], hours[-1])
+    return hours
+
+
 def snapshot(warehouse) -> dict[str, pl.DataFrame]:
     return {
         name: warehouse.query(f"SELECT * FROM {table} ORDER BY ALL")
@@ -172,12 +184,7 @@ def test_micro_batches_with_automatic_refresh_equal_one_backfill(
 
 
 def test_checks_fail_on_tampered_aggregates(kafka, topic, warehouse) -> None:
-    produce(kafka, topic, simulated(seed=6))
-    totals = drain(
-        kafka, warehouse, IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq"), None
-    )
-    hours = existing_hours(sorted(totals.touched_hours), dt.datetime.now(dt.UTC))
-    materialize_hours(warehouse, hours[0], hours[-1])
+    ingested_and_aggregated(kafka, topic, warehouse, seed=6)
     with warehouse.transaction() as tx:
         # A lost minute, a window outside its partition, an impossible value, and a
         # session overlapping the user's next one.
@@ -212,3 +219,36 @@ def test_checks_fail_on_tampered_aggregates(kafka, topic, warehouse) -> None:
         "windowed_aggregates_within_bounds": False,
         "windowed_aggregates_sessions_disjoint": False,
     }
+
+
+def test_checks_of_a_run_look_at_its_own_hours(kafka, topic, warehouse) -> None:
+    """A run's checks cover the hours of its partition tags (not rows another run's
+    refresh may since have re-tagged); damage in other hours is not theirs."""
+    hours = ingested_and_aggregated(kafka, topic, warehouse, seed=8)
+    with warehouse.transaction() as tx:
+        lost = tx.scalar("SELECT min(window_start) FROM agg.sensor_1m")
+        tx.execute("DELETE FROM agg.sensor_1m WHERE window_start = ?", [lost])
+    damaged = lost.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    other = next(h for h in reversed(hours) if h != damaged)
+    # A run of another hour: its checks look at that hour only, and pass.
+    run = materialize_hours(warehouse, other, other)
+    complete = next(
+        c
+        for c in run.get_asset_check_evaluations()
+        if c.check_name == "windowed_aggregates_complete"
+    )
+    assert complete.passed and complete.metadata["partitions_checked"].value == 1
+
+    def checks_of(hour: dt.datetime) -> dict[str, bool]:
+        result = dg.materialize(
+            [windowed_aggregates, *WINDOW_CHECKS],
+            resources={"warehouse": warehouse},
+            selection=dg.AssetSelection.checks(*WINDOW_CHECKS),
+            tags={"dagster/partition": partition_key(hour)},
+            raise_on_error=False,
+        )
+        return {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+
+    # Checks run for the damaged hour see the loss; for the other hour they do not.
+    assert checks_of(damaged)["windowed_aggregates_complete"] is False
+    assert checks_of(other)["windowed_aggregates_complete"] is True

@@ -1,20 +1,26 @@
 """Asset checks of churn_features, churn_scores, anomaly_scores and alerts.
 
-Each asset records the partitions a run wrote in ops.scoring_partitions (with the run id
-and the latest ingestion time the run could see), so a check looks at exactly the days or
-hours the checked run replaced. Checks executed on their own (from the UI, no
-materialization in the run) look at every recorded partition.
+A run's partition tags (a day or an hour, or a backfill's range) name the partitions it
+replaced; each check looks at exactly those recorded in ops.scoring_partitions, with the
+latest ingestion time recorded for them (seen_until). The tags, not the run id recorded
+there: another run may have rewritten a partition between this run's step and its checks
+(anomaly_scores takes no pool; writer steps of other runs can come between two steps).
+Checks executed on their own (from the UI, a run without partitions) look at every
+recorded partition.
 
 Where a check recomputes something from the clean tables it counts only the rows that
 had been ingested when the run read them (``ingested_at <= seen_until``): events that
 arrive later are the next materialization's business, not a defect of this one.
 """
 
+import datetime as dt
+
 import dagster as dg
 
 from astra_pipeline.assets.alerts import ALERTS_KEY
 from astra_pipeline.assets.features import CHURN_FEATURES
 from astra_pipeline.assets.scoring import ANOMALY_SCORES_KEY, CHURN_SCORES_KEY
+from astra_pipeline.checks.run_partitions import run_partition_keys
 from astra_pipeline.transforms.anomaly import DRIVERS
 from resources.tables import (
     ALERTS,
@@ -41,23 +47,41 @@ QUALITY_MIN_READINGS = 5
 """Share of scored readings that may alert before alerts_rate warns: above it the
 threshold is too low for the fleet, or something is broken everywhere at once."""
 
-# The partitions of one asset written by the run being checked (all of that asset's
-# partitions if the run wrote none), as a CTE every check starts from. Parameters:
-# asset, run id, asset, run id. Days are UTC days: p is their start (midnight UTC).
+# The recorded partitions of one asset in the run's partition range (all of them for a
+# run without partitions), as a CTE every check starts from. Parameters: _params'. Days
+# are UTC days: p is their start (midnight UTC).
 _RUN_PARTS = (
     f"run_parts AS (SELECT partition_start AS p, seen_until FROM {SCORING_PARTITIONS} "
-    "WHERE asset = ? AND (run_id = ? OR NOT EXISTS ("
-    f"SELECT 1 FROM {SCORING_PARTITIONS} WHERE asset = ? AND run_id = ?)))"
+    "WHERE asset = ? AND (CAST(? AS TIMESTAMPTZ) IS NULL OR partition_start BETWEEN ? AND ?))"
 )
+_KEY_FORMATS = ("%Y-%m-%d-%H:%M", "%Y-%m-%d")
+"""Hourly and daily partition keys."""
 _RUN_DAYS = (
     f"{_RUN_PARTS}, days AS (SELECT CAST(p AT TIME ZONE 'UTC' AS DATE) AS d, p AS day_start, "
     "p + INTERVAL 24 HOUR AS day_end, seen_until FROM run_parts)"
 )
 
 
-def _params(asset: dg.AssetKey, run_id: str) -> list[str]:
+def _partition_start(key: str) -> dt.datetime:
+    for fmt in _KEY_FORMATS:
+        try:
+            return dt.datetime.strptime(key, fmt).replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+    raise ValueError(f"not an hourly or daily partition key: {key!r}")
+
+
+def _params(
+    asset: dg.AssetKey, context: dg.AssetCheckExecutionContext
+) -> list[str | dt.datetime | None]:
+    """_RUN_PARTS' parameters: the asset, the run's first partition start (twice) and its
+    last, or NULLs for a run without partitions."""
     name = asset.to_user_string()
-    return [name, run_id, name, run_id]
+    keys = run_partition_keys(context.run.tags)
+    if keys is None:
+        return [name, None, None, None]
+    first, last = (_partition_start(key) for key in keys)
+    return [name, first, first, last]
 
 
 def _examples(rows: list[tuple[object, ...]]) -> dg.MetadataValue:
@@ -79,10 +103,14 @@ def _result(found: list[tuple[object, ...]], checked: int, label: str) -> dg.Ass
     )
 
 
-def _partitions(warehouse: DuckDBWarehouseResource, asset: dg.AssetKey, run_id: str) -> int:
+def _partitions(
+    warehouse: DuckDBWarehouseResource,
+    asset: dg.AssetKey,
+    context: dg.AssetCheckExecutionContext,
+) -> int:
     return int(
         warehouse.query(
-            f"WITH {_RUN_PARTS} SELECT count(*) AS n FROM run_parts", _params(asset, run_id)
+            f"WITH {_RUN_PARTS} SELECT count(*) AS n FROM run_parts", _params(asset, context)
         ).item()
     )
 
@@ -143,9 +171,9 @@ def churn_features_in_range(
         SELECT * FROM (SELECT * FROM users UNION ALL SELECT * FROM devices)
         WHERE broken <> '' ORDER BY ALL LIMIT {EXAMPLES}
         """,
-        _params(CHURN_FEATURES, context.run.run_id),
+        _params(CHURN_FEATURES, context),
     )
-    checked = _partitions(warehouse, CHURN_FEATURES, context.run.run_id)
+    checked = _partitions(warehouse, CHURN_FEATURES, context)
     return _result(found.rows(), checked, "rows_out_of_range")
 
 
@@ -211,9 +239,9 @@ def churn_features_no_future_leakage(
               ON s.device_id = e.device_id AND s.as_of_day = e.as_of_day)
         SELECT * FROM broken WHERE broken <> '' ORDER BY ALL LIMIT {EXAMPLES}
         """,
-        _params(CHURN_FEATURES, context.run.run_id),
+        _params(CHURN_FEATURES, context),
     )
-    checked = _partitions(warehouse, CHURN_FEATURES, context.run.run_id)
+    checked = _partitions(warehouse, CHURN_FEATURES, context)
     return _result(found.rows(), checked, "rows_not_point_in_time")
 
 
@@ -244,9 +272,9 @@ def churn_scores_in_range(
             LEFT JOIN {USER_CHURN} AS f ON f.user_id = s.user_id AND f.as_of_day = s.as_of_day)
         SELECT * FROM checked WHERE broken <> '' ORDER BY ALL LIMIT {EXAMPLES}
         """,
-        _params(CHURN_SCORES_KEY, context.run.run_id),
+        _params(CHURN_SCORES_KEY, context),
     )
-    checked = _partitions(warehouse, CHURN_SCORES_KEY, context.run.run_id)
+    checked = _partitions(warehouse, CHURN_SCORES_KEY, context)
     return _result(found.rows(), checked, "rows_out_of_range")
 
 
@@ -275,9 +303,9 @@ def anomaly_scores_complete(
         WHERE r.event_id IS NULL OR s.event_id IS NULL OR s.n > 1
         ORDER BY ALL LIMIT {EXAMPLES}
         """,
-        _params(ANOMALY_SCORES_KEY, context.run.run_id),
+        _params(ANOMALY_SCORES_KEY, context),
     )
-    checked = _partitions(warehouse, ANOMALY_SCORES_KEY, context.run.run_id)
+    checked = _partitions(warehouse, ANOMALY_SCORES_KEY, context)
     return _result(found.rows(), checked, "readings_not_scored_once")
 
 
@@ -304,9 +332,9 @@ def anomaly_scores_in_range(
               ON s.ts >= p.p AND s.ts < p.p + INTERVAL 1 HOUR)
         SELECT * FROM checked WHERE broken <> '' ORDER BY ALL LIMIT {EXAMPLES}
         """,
-        _params(ANOMALY_SCORES_KEY, context.run.run_id),
+        _params(ANOMALY_SCORES_KEY, context),
     )
-    checked = _partitions(warehouse, ANOMALY_SCORES_KEY, context.run.run_id)
+    checked = _partitions(warehouse, ANOMALY_SCORES_KEY, context)
     return _result(found.rows(), checked, "scores_out_of_range")
 
 
@@ -327,7 +355,7 @@ def make_alert_rate_check(max_rate: float = ALERT_RATE_WARN) -> dg.AssetChecksDe
                    (SELECT count(*) FROM run_parts AS p JOIN {ANOMALY_SCORES} AS s
                       ON s.ts >= p.p AND s.ts < p.p + INTERVAL 1 HOUR) AS readings
             """,
-            _params(ALERTS_KEY, context.run.run_id),
+            _params(ALERTS_KEY, context),
         )
         alerts, readings = counts.row(0)
         rate = alerts / readings if readings else 0.0
@@ -338,7 +366,7 @@ def make_alert_rate_check(max_rate: float = ALERT_RATE_WARN) -> dg.AssetChecksDe
               ON a.ts >= p.p AND a.ts < p.p + INTERVAL 1 HOUR
             GROUP BY a.device_id ORDER BY n DESC, a.device_id LIMIT 5
             """,
-            _params(ALERTS_KEY, context.run.run_id),
+            _params(ALERTS_KEY, context),
         )
         return dg.AssetCheckResult(
             passed=rate <= max_rate,
@@ -381,9 +409,9 @@ def alerts_traceable(
             LEFT JOIN {ANOMALY_SCORES} AS s ON s.event_id = a.event_id)
         SELECT * FROM checked WHERE broken <> '' ORDER BY ALL LIMIT {EXAMPLES}
         """,
-        _params(ALERTS_KEY, context.run.run_id),
+        _params(ALERTS_KEY, context),
     )
-    checked = _partitions(warehouse, ALERTS_KEY, context.run.run_id)
+    checked = _partitions(warehouse, ALERTS_KEY, context)
     return _result(found.rows(), checked, "untraceable_alerts")
 
 
@@ -439,7 +467,7 @@ def alerts_match_ground_truth(
             (SELECT count(*) FROM truth WHERE kind = 'stuck'
                AND event_id IN (SELECT event_id FROM alerted)) AS stuck_alerted
         """,
-        _params(ALERTS_KEY, context.run.run_id),
+        _params(ALERTS_KEY, context),
     ).row(0, named=True)
     if counts["tampered"] == 0:
         return dg.AssetCheckResult(

@@ -1,14 +1,18 @@
-"""Asset checks of windowed_aggregates, over the partitions the checked run wrote.
+"""Asset checks of windowed_aggregates, over the partitions of the checked run.
 
-A run records its partitions in ops.window_partitions (with its run id), so each check
-looks at exactly the hours that run replaced, whether one live hour or a backfill range.
-Checks executed on their own (from the UI, no materialization in the run) look at every
-partition.
+A run's partition tags (one hour, or the range of a backfill) name the hours it
+replaced; each check looks at exactly those hours, in their state when the check runs
+(another run may have refreshed one of them since: the pool is held per step), with
+the snapshot bound (seen_until) ops.window_partitions records for them. Checks executed
+on their own (from the UI, a run without partitions) look at every partition.
 """
+
+import datetime as dt
 
 import dagster as dg
 
-from astra_pipeline.assets.windows import WINDOWED_AGGREGATES
+from astra_pipeline.assets.windows import WINDOWED_AGGREGATES, partition_hour
+from astra_pipeline.checks.run_partitions import run_partition_keys
 from resources.tables import (
     AGG_SENSOR_1H,
     AGG_SENSOR_1M,
@@ -24,12 +28,21 @@ from resources.warehouse import DuckDBWarehouseResource
 
 EXAMPLES = 20
 
-# The hours written by the run being checked (all hours if it wrote none), as a CTE
-# every check starts from; it takes the run id twice.
+# The hours of the run being checked (every hour for a run without partitions), as a
+# CTE every check starts from; its parameters are _run_range's.
 _RUN_HOURS = (
     f"run_hours AS (SELECT partition_start AS h, seen_until FROM {WINDOW_PARTITIONS} "
-    f"WHERE run_id = ? OR NOT EXISTS (SELECT 1 FROM {WINDOW_PARTITIONS} WHERE run_id = ?))"
+    "WHERE CAST(? AS TIMESTAMPTZ) IS NULL OR partition_start BETWEEN ? AND ?)"
 )
+
+
+def _run_range(context: dg.AssetCheckExecutionContext) -> list[dt.datetime | None]:
+    """_RUN_HOURS' parameters: the run's first hour (twice) and last hour, or NULLs."""
+    keys = run_partition_keys(context.run.tags)
+    if keys is None:
+        return [None, None, None]
+    first, last = (partition_hour(key) for key in keys)
+    return [first, first, last]
 
 
 def _examples(frame_rows: list[tuple[object, ...]]) -> dg.MetadataValue:
@@ -37,12 +50,15 @@ def _examples(frame_rows: list[tuple[object, ...]]) -> dg.MetadataValue:
 
 
 def _no_rows(
-    warehouse: DuckDBWarehouseResource, run_id: str, selects: list[str], label: str
+    warehouse: DuckDBWarehouseResource,
+    context: dg.AssetCheckExecutionContext,
+    selects: list[str],
+    label: str,
 ) -> dg.AssetCheckResult:
     """Passes when none of ``selects`` (each joined to run_hours) returns a row."""
     found = warehouse.query(
         f"WITH {_RUN_HOURS} " + " UNION ALL ".join(selects) + f" LIMIT {EXAMPLES}",
-        [run_id, run_id],
+        _run_range(context),
     )
     return dg.AssetCheckResult(passed=found.height == 0, metadata={label: _examples(found.rows())})
 
@@ -74,11 +90,11 @@ def windowed_aggregates_complete(
         SELECT clean.h, clean.n AS clean_events, windows.n AS window_events
         FROM clean JOIN windows USING (h) WHERE clean.n <> windows.n ORDER BY clean.h
         """,
-        [context.run.run_id, context.run.run_id],
+        _run_range(context),
     )
     checked = warehouse.query(
         f"WITH {_RUN_HOURS} SELECT count(*) AS n FROM run_hours",
-        [context.run.run_id, context.run.run_id],
+        _run_range(context),
     ).item()
     return dg.AssetCheckResult(
         passed=wrong.height == 0,
@@ -116,7 +132,7 @@ def windowed_aggregates_windows_in_partition(
         "JOIN run_hours ON session_start >= h AND session_start < h + INTERVAL 1 HOUR "
         "WHERE session_end < session_start OR session_end >= h + INTERVAL 1 HOUR"
     )
-    return _no_rows(warehouse, context.run.run_id, parts, "misplaced")
+    return _no_rows(warehouse, context, parts, "misplaced")
 
 
 @dg.asset_check(
@@ -162,7 +178,7 @@ def windowed_aggregates_within_bounds(
         "JOIN run_hours ON session_start >= h AND session_start < h + INTERVAL 1 HOUR "
         "WHERE event_count < 1 OR purchase_count < 0 OR revenue < 0 OR duration_s < 0"
     )
-    return _no_rows(warehouse, context.run.run_id, queries, "out_of_bounds")
+    return _no_rows(warehouse, context, queries, "out_of_bounds")
 
 
 @dg.asset_check(
@@ -184,7 +200,7 @@ def windowed_aggregates_sessions_disjoint(
         WHERE prev_end IS NOT NULL AND session_start <= prev_end
         ORDER BY user_id, session_start LIMIT {EXAMPLES}
         """,
-        [context.run.run_id, context.run.run_id],
+        _run_range(context),
     )
     return dg.AssetCheckResult(
         passed=overlapping.height == 0, metadata={"overlaps": _examples(overlapping.rows())}
