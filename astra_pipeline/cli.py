@@ -22,17 +22,13 @@ import polars as pl
 
 from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES, partition_key
 from astra_pipeline.events import json_schema_text
-from astra_pipeline.simulator import ANOMALY_KINDS, GroundTruth, Simulation, SimulatorConfig
+from astra_pipeline.simulator import ANOMALY_KINDS, Simulation, SimulatorConfig
 from resources.broker import EmbeddedBroker
 from resources.dagster_api import DagsterGraphQL
 from resources.errors import AstraResourceError
 from resources.kafka import KafkaResource
 from resources.settings import AstraSettings, SettingsError
-from resources.truth_store import (
-    ANOMALY_TRUTH_SCHEMA,
-    DECLINING_TRUTH_SCHEMA,
-    record_ground_truth,
-)
+from resources.truth_store import record_ground_truth, truth_frames
 from resources.warehouse import DuckDBWarehouseResource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -153,35 +149,6 @@ def _anomaly_kinds(text: str) -> tuple[str, ...]:
             f"choose from {', '.join(ANOMALY_KINDS)}"
         )
     return kinds
-
-
-def truth_frames(truth: GroundTruth, simulation: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The ground truth as rows of ml.anomaly_ground_truth and ml.declining_users_truth."""
-    anomalies = [
-        {
-            "device_id": a.device_id,
-            "kind": a.kind,
-            "anomaly_start": a.start,
-            "anomaly_end": a.end,
-            "event_id": event_id,
-            "simulation": simulation,
-        }
-        for a in truth.anomalies
-        for event_id in (a.event_ids or (None,))
-    ]
-    declining = [
-        {
-            "user_id": u.user_id,
-            "decline_start": u.decline_start,
-            "stop": u.stop,
-            "simulation": simulation,
-        }
-        for u in truth.declining_users
-    ]
-    return (
-        pl.DataFrame(anomalies, schema=ANOMALY_TRUTH_SCHEMA),
-        pl.DataFrame(declining, schema=DECLINING_TRUTH_SCHEMA),
-    )
 
 
 def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:

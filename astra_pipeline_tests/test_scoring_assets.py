@@ -47,7 +47,6 @@ from astra_pipeline.checks.scoring import (
     churn_scores_in_range,
     make_alert_rate_check,
 )
-from astra_pipeline.cli import truth_frames
 from astra_pipeline.definitions import build_definitions
 from astra_pipeline.jobs import ANOMALY_JOB_NAME, CHURN_JOB_NAME, WINDOWS_JOB_NAME
 from astra_pipeline.simulator import SimulatedMessage, SimulatorConfig, simulate
@@ -58,7 +57,7 @@ from resources.ingest_store import BatchRows, next_offsets, write_batch
 from resources.kafka import KafkaResource
 from resources.serving import PostgresServingResource, ServingTableSpec
 from resources.settings import AstraSettings
-from resources.truth_store import record_ground_truth
+from resources.truth_store import record_ground_truth, truth_frames
 from resources.warehouse import DuckDBWarehouseResource
 from sensors.churn_schedule import previous_day_key
 from sensors.window_refresh import refresh_request
@@ -514,6 +513,92 @@ def test_anomaly_scores_and_alerts_each_alert_exactly_once(
     assert again["published"] == 0
     assert table_alert_ids(warehouse) == ids
     assert sorted(topic_alert_ids(kafka, alerts_topic)) == ids
+
+
+def test_scores_are_never_replaced_by_scores_of_an_older_snapshot(
+    warehouse: DuckDBWarehouseResource,
+    anomaly_data: tuple[list[SimulatedMessage], set[str], set[str]],
+) -> None:
+    """anomaly_scores computes outside any lock, so a slower run may finish after a run
+    that read later clean rows: it must leave that run's hours in place, and replace
+    the others."""
+    write_clean(warehouse, anomaly_data[0])
+
+    def score() -> dict[str, object]:
+        result = dg.materialize(
+            [anomaly_scores], resources={"warehouse": warehouse}, tags=range_tags(*SCORED_HOURS)
+        )
+        return metadata(result, "anomaly_scores")
+
+    def per_hour() -> list[tuple[object, int]]:
+        return warehouse.query(
+            "SELECT date_trunc('hour', ts) AS h, count(*) AS n FROM ml.anomaly_scores "
+            "GROUP BY h ORDER BY h"
+        ).rows()
+
+    assert score()["hours_superseded"] == 0
+    scored = per_hour()
+    assert len(scored) == 4
+    first, last = HOURS_START, HOURS_START + dt.timedelta(hours=1)
+    with warehouse.transaction() as tx:
+        # The first hour holds another run's scores, from clean rows ingested later than
+        # everything here (one score fewer, to tell them apart); the second hour lost a
+        # score without such a record.
+        for hour in (first, last):
+            tx.execute(
+                "DELETE FROM ml.anomaly_scores WHERE event_id = (SELECT min(event_id) "
+                "FROM ml.anomaly_scores WHERE ts >= ? AND ts < ?)",
+                [hour, hour + dt.timedelta(hours=1)],
+            )
+        tx.execute(
+            "UPDATE ops.scoring_partitions SET seen_until = seen_until + INTERVAL 1 HOUR "
+            "WHERE asset = 'anomaly_scores' AND partition_start = ?",
+            [first],
+        )
+    assert score()["hours_superseded"] == 1
+    after = per_hour()
+    assert after[0][1] == scored[0][1] - 1  # left as the later run wrote it
+    assert after[1:] == scored[1:]  # replaced: the lost score is back
+    with warehouse.transaction() as tx:
+        tx.execute(
+            "UPDATE ops.scoring_partitions SET seen_until = seen_until - INTERVAL 2 HOUR "
+            "WHERE asset = 'anomaly_scores'"
+        )
+    # Recorded from an older snapshot than this run's: replaced.
+    assert score()["hours_superseded"] == 0
+    assert per_hour() == scored
+
+
+def test_anomaly_checks_look_at_the_hours_of_their_run(
+    warehouse: DuckDBWarehouseResource,
+    anomaly_data: tuple[list[SimulatedMessage], set[str], set[str]],
+) -> None:
+    """A run's checks cover the hours of its partition tags, not the rows that name its
+    run id (another run may have rewritten them since); damage elsewhere is not theirs."""
+    write_clean(warehouse, anomaly_data[0])
+    dg.materialize(
+        [anomaly_scores], resources={"warehouse": warehouse}, tags=range_tags(*SCORED_HOURS)
+    )
+    with warehouse.transaction() as tx:
+        tx.execute(
+            "DELETE FROM ml.anomaly_scores WHERE event_id = (SELECT min(event_id) "
+            "FROM ml.anomaly_scores WHERE ts >= ? AND ts < ?)",
+            [HOURS_START, HOURS_START + dt.timedelta(hours=1)],
+        )
+
+    def complete(hour: dt.datetime) -> tuple[bool, object]:
+        result = dg.materialize(
+            [anomaly_scores, anomaly_scores_complete],
+            resources={"warehouse": warehouse},
+            selection=dg.AssetSelection.checks(anomaly_scores_complete),
+            tags={"dagster/partition": hour.strftime("%Y-%m-%d-%H:00")},
+            raise_on_error=False,
+        )
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation.passed, evaluation.metadata["partitions_checked"].value
+
+    assert complete(HOURS_END - dt.timedelta(hours=1)) == (True, 1)
+    assert complete(HOURS_START) == (False, 1)
 
 
 def test_an_alert_sent_before_a_crash_is_not_sent_again(

@@ -121,6 +121,26 @@ def replace_range(
     return session.append(table, frame)
 
 
+def newer_hours(
+    session: WarehouseSession,
+    asset: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    seen_until: dt.datetime | None,
+) -> list[dt.datetime]:
+    """The partitions of ``asset`` in [start, end) already recorded as computed from a
+    later snapshot of the clean rows than ``seen_until`` (by another run)."""
+    if seen_until is None:
+        return []
+    found = session.query(
+        f"SELECT partition_start FROM {SCORING_PARTITIONS} WHERE asset = ? "
+        "AND partition_start >= ? AND partition_start < ? AND seen_until > ? "
+        "ORDER BY partition_start",
+        [asset, start, end, seen_until],
+    )
+    return list(found["partition_start"])
+
+
 def record_partitions(
     session: WarehouseSession,
     asset: str,

@@ -12,8 +12,9 @@ the reason in its metadata, rather than failing.
 
 anomaly_scores, an hour (or a range): every clean sensor reading of the hour scored
 against its device's trailing baseline, with ``history_span`` (2 h) of earlier readings
-as context, replacing the hour's rows. It runs in the windows refresh job, so the hours
-new events touched are rescored in the same runs that refresh their aggregates. Scores of
+as context, replacing the hour's rows. It runs in score_anomalies_job, which
+windowed_aggregates_scoring_sensor requests for the hours whose aggregates were
+refreshed (every 60 s, at a lower run priority than ingest and refresh runs). Scores of
 a reading depend on the readings before it: a late reading rescored in its own hour can
 also move the baselines of the next two hours, which are rescored only when they are
 touched themselves (or backfilled).
@@ -40,11 +41,14 @@ from astra_pipeline.transforms.churn_model import (
     serialize_model,
     train_churn_model,
 )
+from astra_pipeline.transforms.partition_windows import contiguous_ranges
+from astra_pipeline.transforms.windows import HOUR
 from resources.score_store import (
     latest_ingestion,
     load_label_activity,
     load_readings,
     load_user_features,
+    newer_hours,
     record_partitions,
     replace_day,
     replace_range,
@@ -269,7 +273,8 @@ def churn_scores(
     deps=[CLEANED_EVENTS, WINDOWED_AGGREGATES],
     partitions_def=HOURLY,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    pool=WRITER_POOL,
+    # Not in the writer pool: it holds the DuckDB file only for a short read and a short
+    # write per chunk (waiting for the file lock, bounded), never while it computes.
     description="One anomaly score per clean sensor reading against its device's "
     "trailing baseline (ml.anomaly_scores); a partition is one hour of event time.",
 )
@@ -281,29 +286,46 @@ def anomaly_scores(
     rules = ANOMALY_RULES
     metrics = [m.column for m in rules.metrics]
     warehouse.ensure_schema()
+    asset = ANOMALY_SCORES_KEY.to_user_string()
     scored: list[pl.DataFrame] = []
     history_rows = 0
+    superseded = 0
     chunk_start = window.start
     while chunk_start < window.end:
         chunk_end = min(chunk_start + ANOMALY_CHUNK, window.end)
+        # Read, then score with no lock held (seconds to tens of seconds for a busy hour),
+        # then replace in a short transaction: ingest and refresh runs are not held up.
+        with warehouse.session(read_only=True) as rx:
+            seen_until = latest_ingestion(rx)
+            readings = load_readings(rx, chunk_start - rules.history_span, chunk_end, metrics)
+        target = pl.col("ts") >= chunk_start
+        history = readings.filter(~target)
+        scores = score_readings(history, readings.filter(target), rules)
         with warehouse.transaction() as tx:
-            seen_until = latest_ingestion(tx)
-            readings = load_readings(tx, chunk_start - rules.history_span, chunk_end, metrics)
-            target = pl.col("ts") >= chunk_start
-            history = readings.filter(~target)
-            scores = score_readings(history, readings.filter(target), rules)
-            replace_range(tx, ANOMALY_SCORES, chunk_start, chunk_end, scores)
+            # A run that read later clean rows may have written some of these hours while
+            # this one scored: its scores stay (replaced only by ones at least as fresh).
+            newer = newer_hours(tx, asset, chunk_start, chunk_end, seen_until)
+            counts = hour_counts(scores, chunk_start, chunk_end)
+            if newer:
+                counts = counts.filter(~pl.col("partition_start").is_in(newer))
+                scores = scores.filter(~pl.col("ts").dt.truncate("1h").is_in(newer))
+            for first, last in contiguous_ranges(counts["partition_start"].to_list()):
+                replace_range(
+                    tx,
+                    ANOMALY_SCORES,
+                    first,
+                    last + HOUR,
+                    scores.filter(pl.col("ts").is_between(first, last + HOUR, closed="left")),
+                )
             record_partitions(
-                tx,
-                ANOMALY_SCORES_KEY.to_user_string(),
-                hour_counts(scores, chunk_start, chunk_end),
-                seen_until,
-                context.run.run_id,
-                dt.datetime.now(dt.UTC),
+                tx, asset, counts, seen_until, context.run.run_id, dt.datetime.now(dt.UTC)
             )
         history_rows += history.height
+        superseded += len(newer)
         scored.append(scores.select("score", "driver"))
         chunk_start = chunk_end
+    if superseded:
+        context.log.info(f"{superseded} hour(s) left as written by a run that read later rows")
     frame = pl.concat(scored)
     drivers = frame.group_by("driver").len().sort("driver")
     return dg.MaterializeResult(
@@ -311,7 +333,8 @@ def anomaly_scores(
             "dagster/row_count": frame.height,
             "readings_scored": frame.height,
             "history_readings": history_rows,
-            "hours": int((window.end - window.start) / dt.timedelta(hours=1)),
+            "hours": int((window.end - window.start) / HOUR),
+            "hours_superseded": superseded,
             "max_score": round(frame.select(pl.col("score").max().fill_null(0.0)).item(), 4),
             "readings_at_or_over_0_5": frame.filter(pl.col("score") >= 0.5).height,
             "drivers": dg.MetadataValue.json(dict(drivers.rows())),
