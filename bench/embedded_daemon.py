@@ -1,6 +1,7 @@
 """The daemon setup the whole-system benchmarks share: a fresh SQLite Dagster instance
 (dagster.embedded.yaml, as `make dev` uses), a temporary DuckDB file, and
-`dagster-daemon run` with the sensors on, for one topic of a running broker."""
+`dagster-daemon run` with the sensors on, for one topic of a running broker (and an
+alerts topic of its own, created here, for the scoring runs' alerts)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from resources.kafka import KafkaResource
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_YAML = ROOT / "dagster.embedded.yaml"
@@ -32,6 +35,8 @@ def embedded_daemon(workdir: Path, servers: str, topic: str, dlq: str) -> Iterat
     home.mkdir()
     shutil.copy(INSTANCE_YAML, home / "dagster.yaml")
     daemon = Daemon(home=home, duckdb_path=workdir / "astra.duckdb")
+    alerts = f"{topic}_alerts"
+    KafkaResource(bootstrap_servers=servers).create_topics({alerts: 1})
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -39,6 +44,7 @@ def embedded_daemon(workdir: Path, servers: str, topic: str, dlq: str) -> Iterat
         "ASTRA_DUCKDB_PATH": str(daemon.duckdb_path),
         "ASTRA_TOPIC_RAW": topic,
         "ASTRA_TOPIC_DEADLETTER": dlq,
+        "ASTRA_TOPIC_ALERTS": alerts,
         "ASTRA_CONSUMER_GROUP": f"g-{topic}",
     }
     process = subprocess.Popen(
