@@ -795,3 +795,20 @@ def test_every_table_is_bit_identical_however_often_and_wherever_it_is_computed(
                 assert function(frame).equals(first), (table, events)
             in_wider = function(wider).filter(pl.col(first.columns[1]) < at(12))
             assert in_wider.equals(first), (table, events)
+
+
+def test_session_duration_does_not_depend_on_how_many_sessions_there_are() -> None:
+    """duration_s of a session is the same alone and among many (polars divides long
+    columns by a constant through its reciprocal, short ones exactly)."""
+    start = at(10, 15, 46, 275_995)
+    end = at(10, 53, 1, 590_368)
+    mine = [("u0", start, "login", None), ("u0", at(10, 35), "login", None)]
+    mine += [("u0", end, "page_view", None)]
+    alone = w.user_sessions(activity(*mine), at(10), at(11))
+    others = list(mine)
+    for i in range(1, 60):
+        others += [(f"u{i}", at(10, i % 50, 7, 123_457 * i % 1_000_000), "login", None)]
+        others += [(f"u{i}", at(10, i % 50 + 9, 1, 777_777 * i % 1_000_000), "login", None)]
+    among = w.user_sessions(activity(*others), at(10), at(11))
+    assert among.filter(pl.col("user_id") == "u0").equals(alone)
+    assert alone["duration_s"].item() == 2235 + 314_373 * 1e-6

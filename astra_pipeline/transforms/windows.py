@@ -304,6 +304,15 @@ def _ordered_sum(column: str) -> pl.Expr:
     return pl.col(column).implode().list.sum()
 
 
+def _seconds(microseconds: pl.Expr) -> pl.Expr:
+    """Whole microseconds as seconds, with the same bits however long the column is.
+    (Polars divides a column of ten or more values by a constant as a multiplication by
+    its reciprocal, one of fewer exactly: ``x / 1e6`` gave a session's duration_s two
+    different last bits in a full refresh and in an incremental one.)"""
+    whole = (microseconds // 1_000_000).cast(pl.Float64)
+    return whole + (microseconds % 1_000_000).cast(pl.Float64) * 1e-6
+
+
 def _count(condition: pl.Expr, name: str) -> pl.Expr:
     return condition.sum().cast(pl.Int64).alias(name)
 
@@ -482,7 +491,7 @@ def user_sessions(
     # at least ``gap`` after an event of the hour, so after every event before it.
     continues = (start - pl.col("_previous_ts") < gap).fill_null(False)
     rows = found.join(previous, on="user_id", how="left").with_columns(
-        ((pl.col("session_end") - start).dt.total_microseconds() / 1e6).alias("duration_s"),
+        _seconds((pl.col("session_end") - start).dt.total_microseconds()).alias("duration_s"),
         continues.alias("continues_previous"),
     )
     return _conform(rows, USER_SESSIONS_SCHEMA, ("user_id", "session_start"))
