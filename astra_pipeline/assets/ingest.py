@@ -147,6 +147,10 @@ def _ingest_one(
             )
         deadletters.flush()
     with writer.transaction() as tx:
+        # Stamped again now that the transaction holds the file (DuckDB allows one writing
+        # process): rows committed after a window refresh then have an ingested_at after
+        # its seen_until, which the incremental refresh of a live hour relies on.
+        frames = frames.stamped(dt.datetime.now(dt.UTC))
         written = write_batch(
             tx,
             topic=config.topic,

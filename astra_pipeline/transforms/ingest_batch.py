@@ -34,6 +34,21 @@ class IngestFrames:
     duplicates: pl.DataFrame
     fast_path_rows: int
 
+    def stamped(self, ingested_at: dt.datetime) -> IngestFrames:
+        """The same rows with ``ingested_at`` set to the given time."""
+        stamp = pl.lit(ingested_at.astimezone(dt.UTC), dtype=pl.Datetime("us", "UTC"))
+        frames = {
+            name: getattr(self, name).with_columns(stamp.alias("ingested_at"))
+            for name in (
+                "raw_events",
+                "sensor_readings",
+                "user_activity",
+                "dead_letters",
+                "duplicates",
+            )
+        }
+        return IngestFrames(**frames, fast_path_rows=self.fast_path_rows)
+
     @property
     def accounted(self) -> int:
         return (
