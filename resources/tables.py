@@ -18,6 +18,7 @@ AGG_USER_1M = "agg.user_1m"
 AGG_USER_1H = "agg.user_1h"
 AGG_USER_SESSIONS = "agg.user_sessions"
 WINDOW_PARTITIONS = "ops.window_partitions"
+WINDOW_ROLLUPS = "ops.window_rollups"
 ANOMALY_GROUND_TRUTH = "ml.anomaly_ground_truth"
 DECLINING_USERS_TRUTH = "ml.declining_users_truth"
 USER_CHURN = "features.user_churn"
@@ -179,6 +180,15 @@ DDL = (
         purchase_count BIGINT NOT NULL,
         revenue DOUBLE NOT NULL,
         continues_previous BOOLEAN NOT NULL
+    )""",
+    # When each partition's hourly roll-ups (agg.sensor_1h, agg.user_1h) were last
+    # computed: an incremental refresh of the live hour recomputes them at most once a
+    # minute (windowed_aggregates, ROLLUP_EVERY).
+    f"""
+    CREATE TABLE IF NOT EXISTS {WINDOW_ROLLUPS} (
+        partition_start TIMESTAMPTZ PRIMARY KEY,
+        seen_until TIMESTAMPTZ,
+        refreshed_at TIMESTAMPTZ NOT NULL
     )""",
     # One row per hourly partition of windowed_aggregates: how often it was materialized
     # (amendments = materializations - 1), its event counts when last computed, and the

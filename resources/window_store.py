@@ -9,7 +9,7 @@ range either before or after a re-materialization, never half of it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -24,6 +24,7 @@ from resources.tables import (
     SENSOR_READINGS,
     USER_ACTIVITY,
     WINDOW_PARTITIONS,
+    WINDOW_ROLLUPS,
 )
 from resources.warehouse import WarehouseSession
 
@@ -81,11 +82,156 @@ def load_clean(
         "ORDER BY ts, event_id",
         [activity_from, activity_until],
     )
-    seen_until = session.scalar(
+    return CleanRange(readings=readings, activity=activity, seen_until=_seen_until(session))
+
+
+def _seen_until(session: WarehouseSession) -> dt.datetime | None:
+    value: dt.datetime | None = session.scalar(
         f"SELECT greatest((SELECT max(ingested_at) FROM {SENSOR_READINGS}), "
         f"(SELECT max(ingested_at) FROM {USER_ACTIVITY}))"
     )
-    return CleanRange(readings=readings, activity=activity, seen_until=seen_until)
+    return value
+
+
+@dataclass(frozen=True)
+class PartitionRecord:
+    materializations: int
+    cleaned_events: int
+    late_events: int
+    seen_until: dt.datetime | None
+    """Every clean row ingested up to this time is in the partition's window rows."""
+
+
+def partition_record(session: WarehouseSession, hour: dt.datetime) -> PartitionRecord | None:
+    """The bookkeeping of the partition starting at ``hour``; None before its first
+    materialization."""
+    rows = session.query(
+        f"SELECT materializations, cleaned_events, late_events, seen_until "
+        f"FROM {WINDOW_PARTITIONS} WHERE partition_start = ?",
+        [hour],
+    )
+    return PartitionRecord(**rows.row(0, named=True)) if rows.height else None
+
+
+def clean_rows_since(
+    session: WarehouseSession,
+    since: dt.datetime,
+    readings_from: dt.datetime,
+    readings_until: dt.datetime,
+    activity_from: dt.datetime,
+    activity_until: dt.datetime,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """ts and ingested_at of the clean readings, and ts, ingested_at and user_id of the
+    user activity, ingested after ``since``, with event time in the given ranges.
+
+    Relies on ingested_at being stamped inside the ingest transaction (which holds the
+    file: DuckDB allows one writing process), so a row committed after a refresh has an
+    ingested_at after that refresh's seen_until."""
+    readings = session.frame(
+        f"SELECT ts, ingested_at FROM {SENSOR_READINGS} "
+        "WHERE ts >= ? AND ts < ? AND ingested_at > ?",
+        [readings_from, readings_until, since],
+    )
+    activity = session.frame(
+        f"SELECT ts, ingested_at, user_id FROM {USER_ACTIVITY} "
+        "WHERE ts >= ? AND ts < ? AND ingested_at > ?",
+        [activity_from, activity_until, since],
+    )
+    return readings, activity
+
+
+def _in_ranges(column: str, ranges: Sequence[tuple[dt.datetime, dt.datetime]]) -> str:
+    if not ranges:
+        return "false"
+    return "(" + " OR ".join(f"({column} >= ? AND {column} < ?)" for _ in ranges) + ")"
+
+
+def load_clean_in(
+    session: WarehouseSession,
+    reading_ranges: Sequence[tuple[dt.datetime, dt.datetime]],
+    activity_ranges: Sequence[tuple[dt.datetime, dt.datetime]],
+    session_users: Sequence[str],
+    session_range: tuple[dt.datetime, dt.datetime],
+) -> CleanRange:
+    """Like :func:`load_clean`, for the readings in ``reading_ranges`` and the activity
+    in ``activity_ranges`` plus that of ``session_users`` in ``session_range``."""
+    readings = session.frame(
+        f"SELECT {', '.join(READING_COLUMNS)} FROM {SENSOR_READINGS} "
+        f"WHERE {_in_ranges('ts', reading_ranges)} ORDER BY ts, event_id",
+        [t for r in reading_ranges for t in r],
+    )
+    users = pl.DataFrame({"user_id": list(session_users)}, schema={"user_id": pl.String})
+    with session.with_frame("_session_users", users):
+        activity = session.frame(
+            f"SELECT {', '.join(ACTIVITY_COLUMNS)} FROM {USER_ACTIVITY} "
+            f"WHERE {_in_ranges('ts', activity_ranges)} OR (ts >= ? AND ts < ? AND "
+            "user_id IN (SELECT user_id FROM _session_users)) ORDER BY ts, event_id",
+            [*(t for r in activity_ranges for t in r), *session_range],
+        )
+    return CleanRange(readings=readings, activity=activity, seen_until=_seen_until(session))
+
+
+def rollups_record(
+    session: WarehouseSession, hour: dt.datetime
+) -> tuple[dt.datetime, dt.datetime | None] | None:
+    """When the partition's hourly roll-ups were last computed, and the seen_until they
+    were computed at; None if never."""
+    rows = session.query(
+        f"SELECT refreshed_at, seen_until FROM {WINDOW_ROLLUPS} WHERE partition_start = ?",
+        [hour],
+    )
+    return rows.row(0) if rows.height else None
+
+
+def record_rollups(
+    session: WarehouseSession,
+    hours: Sequence[dt.datetime],
+    seen_until: dt.datetime | None,
+    now: dt.datetime,
+) -> None:
+    """Note that the hourly roll-ups of ``hours`` were computed now."""
+    for hour in hours:
+        session.execute(
+            f"INSERT INTO {WINDOW_ROLLUPS} VALUES (?, ?, ?) ON CONFLICT (partition_start) "
+            "DO UPDATE SET seen_until = excluded.seen_until, refreshed_at = excluded.refreshed_at",
+            [hour, seen_until, now],
+        )
+
+
+def replace_window_ranges(
+    session: WarehouseSession,
+    frames: Mapping[str, pl.DataFrame],
+    ranges: Mapping[str, Sequence[tuple[dt.datetime, dt.datetime]]],
+) -> dict[str, int]:
+    """For each table, delete the rows whose window starts in its ranges and insert
+    ``frames[name]`` (which holds exactly the rows of those ranges)."""
+    written: dict[str, int] = {}
+    for name, table_ranges in ranges.items():
+        table = WINDOW_TABLES[name]
+        for start, end in table_ranges:
+            session.execute(
+                f"DELETE FROM {table} WHERE window_start >= ? AND window_start < ?", [start, end]
+            )
+        written[name] = session.append(table, frames[name]) if table_ranges else 0
+    return written
+
+
+def replace_sessions_of(
+    session: WarehouseSession,
+    hour: dt.datetime,
+    users: Sequence[str],
+    sessions: pl.DataFrame,
+) -> int:
+    """Replace the sessions starting in the hour of the given users by ``sessions``."""
+    if not users:
+        return 0
+    with session.with_frame("_session_users", pl.DataFrame({"user_id": list(users)})):
+        session.execute(
+            f"DELETE FROM {AGG_USER_SESSIONS} WHERE session_start >= ? AND session_start < ? "
+            "AND user_id IN (SELECT user_id FROM _session_users)",
+            [hour, hour + dt.timedelta(hours=1)],
+        )
+    return session.append(AGG_USER_SESSIONS, sessions)
 
 
 def replace_windows(

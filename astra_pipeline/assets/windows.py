@@ -10,15 +10,29 @@ import time
 import warnings
 
 import dagster as dg
+import polars as pl
 
 from astra_pipeline.assets.ingest import CLEANED_EVENTS, WRITER_POOL
+from astra_pipeline.transforms.live_windows import increment_scope, window_increment
 from astra_pipeline.transforms.partition_windows import (
     compute_partition_windows,
     hours_between,
     input_ranges,
 )
-from resources.warehouse import DuckDBWarehouseResource
-from resources.window_store import load_clean, record_partitions, replace_windows
+from resources.warehouse import DuckDBWarehouseResource, WarehouseSession
+from resources.window_store import (
+    PartitionRecord,
+    clean_rows_since,
+    load_clean,
+    load_clean_in,
+    partition_record,
+    record_partitions,
+    record_rollups,
+    replace_sessions_of,
+    replace_window_ranges,
+    replace_windows,
+    rollups_record,
+)
 
 # backfill_policy is beta in Dagster 1.13; it is used knowingly, so its warning is noise
 # in every CLI call and test run.
@@ -34,8 +48,23 @@ CHUNK = dt.timedelta(days=1)
 """A backfill writes one transaction per day of its range: bounded memory, and a
 crash loses at most the day in progress (the next run replaces it whole)."""
 
+HOUR = dt.timedelta(hours=1)
+
+ROLLUP_EVERY = dt.timedelta(seconds=60)
+"""An incremental refresh of the live hour recomputes its hourly roll-ups (sensor_1h,
+user_1h: p95 and stddev need every value of the hour, millions late in a busy hour) only
+when they are this old; in between they lag (metadata ``rollups: deferred``). An hour
+that has ended gets them on every refresh."""
+
 DETAIL_LIMIT = 48
 """Per-partition metadata (amendments, late events) is listed for ranges up to this."""
+
+
+class WindowsConfig(dg.Config):
+    since_last_refresh: bool = False
+    """Refresh a single partition incrementally: recompute only the windows that clean
+    rows ingested since its last refresh fall in (the ingest job sets this for its live
+    hour). The first refresh of a partition, and every range, is computed in full."""
 
 
 def partition_key(hour: dt.datetime) -> str:
@@ -62,7 +91,9 @@ def partition_hour(key: str) -> dt.datetime:
     "a partition is one hour of event time.",
 )
 def windowed_aggregates(
-    context: dg.AssetExecutionContext, warehouse: DuckDBWarehouseResource
+    context: dg.AssetExecutionContext,
+    warehouse: DuckDBWarehouseResource,
+    config: WindowsConfig,
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
     started = time.monotonic()
     window = context.partition_time_window
@@ -70,25 +101,32 @@ def windowed_aggregates(
     warehouse.ensure_schema()
     rows: dict[str, int] = {}
     records = []
+    mode = "full"
+    rollups = "current"
     for chunk_start in hours[:: int(CHUNK / dt.timedelta(hours=1))]:
         chunk_end = min(chunk_start + CHUNK, hours[-1] + dt.timedelta(hours=1))
-        (r_from, r_until), (a_from, a_until) = input_ranges(chunk_start, chunk_end)
         with warehouse.transaction() as tx:
-            clean = load_clean(tx, r_from, r_until, a_from, a_until)
-            computed = compute_partition_windows(
-                clean.readings, clean.activity, chunk_start, chunk_end
+            now = dt.datetime.now(dt.UTC)
+            previous = (
+                partition_record(tx, chunk_start)
+                if config.since_last_refresh and len(hours) == 1
+                else None
             )
-            for name, count in replace_windows(tx, chunk_start, chunk_end, computed.tables).items():
+            if previous is not None and previous.seen_until is not None:
+                refreshed = _refresh_since(tx, chunk_start, previous, now)
+                if refreshed is None:
+                    last_rollup = rollups_record(tx, chunk_start)
+                    current = last_rollup is not None and last_rollup[1] == previous.seen_until
+                    return _unchanged(previous, current, started)
+                mode = "since_last_refresh"
+            else:
+                refreshed = _refresh_in_full(tx, chunk_start, chunk_end, now)
+            written, stats, seen_until, rolled_up = refreshed
+            if not rolled_up:
+                rollups = "deferred"
+            for name, count in written.items():
                 rows[name] = rows.get(name, 0) + count
-            records.append(
-                record_partitions(
-                    tx,
-                    computed.stats,
-                    context.run.run_id,
-                    clean.seen_until,
-                    dt.datetime.now(dt.UTC),
-                )
-            )
+            records.append(record_partitions(tx, stats, context.run.run_id, seen_until, now))
     partitions = [r for frame in records for r in frame.iter_rows(named=True)]
     metadata: dict[str, dg.RawMetadataValue] = {
         "dagster/row_count": sum(rows.values()),
@@ -97,6 +135,8 @@ def windowed_aggregates(
         "cleaned_events": sum(p["cleaned_events"] for p in partitions),
         "late_events": sum(p["late_events"] for p in partitions),
         "amended_partitions": sum(p["materializations"] > 1 for p in partitions),
+        "refresh": mode,
+        "rollups": rollups,
         "seconds": round(time.monotonic() - started, 3),
     }
     if len(partitions) == 1:
@@ -113,3 +153,75 @@ def windowed_aggregates(
             }
         )
     return dg.MaterializeResult(metadata=metadata)
+
+
+def rollups_due(hour: dt.datetime, last: dt.datetime | None, now: dt.datetime) -> bool:
+    """Whether an incremental refresh of partition ``hour`` recomputes its hourly
+    roll-ups: never computed, computed ROLLUP_EVERY ago or more, or the hour has ended."""
+    return last is None or now - last >= ROLLUP_EVERY or hour + HOUR <= now
+
+
+Refreshed = tuple[dict[str, int], pl.DataFrame, dt.datetime | None, bool]
+"""Rows written per table, the partitions' cleaned/late counts, seen_until, and whether
+the hourly roll-ups were computed."""
+
+
+def _refresh_in_full(
+    tx: WarehouseSession, start: dt.datetime, end: dt.datetime, now: dt.datetime
+) -> Refreshed:
+    (r_from, r_until), (a_from, a_until) = input_ranges(start, end)
+    clean = load_clean(tx, r_from, r_until, a_from, a_until)
+    computed = compute_partition_windows(clean.readings, clean.activity, start, end)
+    written = replace_windows(tx, start, end, computed.tables)
+    record_rollups(tx, hours_between(start, end), clean.seen_until, now)
+    return written, computed.stats, clean.seen_until, True
+
+
+def _refresh_since(
+    tx: WarehouseSession, hour: dt.datetime, previous: PartitionRecord, now: dt.datetime
+) -> Refreshed | None:
+    """Recompute the windows of the partition that rows ingested since its last refresh
+    fall in (the hourly roll-ups at most every ROLLUP_EVERY while the hour lasts); None
+    when there are none."""
+    assert previous.seen_until is not None
+    (r_from, r_until), (a_from, a_until) = input_ranges(hour, hour + HOUR)
+    new_readings, new_activity = clean_rows_since(
+        tx, previous.seen_until, r_from, r_until, a_from, a_until
+    )
+    if new_readings.height == 0 and new_activity.height == 0:
+        return None
+    rolled_up = rollups_record(tx, hour)
+    rollups = rollups_due(hour, rolled_up[0] if rolled_up else None, now)
+    scope = increment_scope(new_readings, new_activity, hour, rollups=rollups)
+    clean = load_clean_in(
+        tx, scope.reading_ranges, scope.activity_ranges, scope.session_users, scope.session_range
+    )
+    increment = window_increment(clean.readings, clean.activity, scope)
+    written = replace_window_ranges(tx, increment.tables, scope.ranges)
+    written["user_sessions"] = replace_sessions_of(
+        tx, hour, scope.session_users, increment.tables["user_sessions"]
+    )
+    if rollups:
+        record_rollups(tx, [hour], clean.seen_until, now)
+    stats = scope.stats.with_columns(
+        pl.col("cleaned_events") + previous.cleaned_events,
+        pl.col("late_events") + previous.late_events,
+    )
+    return written, stats, clean.seen_until, rollups
+
+
+def _unchanged(
+    previous: PartitionRecord, rollups_current: bool, started: float
+) -> dg.MaterializeResult:  # type: ignore[type-arg]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": 0,
+            "partitions": 1,
+            "cleaned_events": previous.cleaned_events,
+            "late_events": previous.late_events,
+            "amendments": previous.materializations - 1,
+            "refresh": "unchanged",
+            "rollups": "current" if rollups_current else "deferred",
+            "seconds": round(time.monotonic() - started, 3),
+        }
+    )

@@ -101,12 +101,14 @@ def compute_partition_windows(
         "user_1h": user_1h(own_activity),
         "user_sessions": pl.concat(sessions) if sessions else USER_SESSIONS_SCHEMA.to_frame(),
     }
-    return PartitionWindows(tables=tables, stats=_stats(own_readings, own_activity, hours))
+    return PartitionWindows(tables=tables, stats=partition_stats(own_readings, own_activity, hours))
 
 
-def _stats(
+def partition_stats(
     readings: pl.DataFrame, activity: pl.DataFrame, hours: list[dt.datetime]
 ) -> pl.DataFrame:
+    """cleaned_events and late_events of each of ``hours`` (a row for each, zeros when it
+    has no rows), counted from rows with ``ts`` and ``ingested_at``."""
     late = (pl.col("ingested_at") - pl.col("ts")) > LATE_AFTER
     events = pl.concat([readings.select("ts", "ingested_at"), activity.select("ts", "ingested_at")])
     counted = (
