@@ -12,6 +12,7 @@ from astra_pipeline.assets.windows import WINDOWED_AGGREGATES
 from astra_pipeline.jobs import INGEST_JOB_NAME, build_anomaly_job, build_windows_job
 from astra_pipeline.transforms.partition_windows import contiguous_ranges
 from sensors.window_refresh import (
+    ROLLUP_WAIT_S,
     RUN_WAIT_S,
     build_scoring_sensor,
     build_windows_sensor,
@@ -81,8 +82,9 @@ def test_scoring_sensor_follows_materialized_window_partitions() -> None:
         ]
         ranged = next(r for r in got if not r.partition_key)
         assert ranged.tags[RANGE_END] == "2026-11-23-09:00"
-        # Scoring yields the writer pool to ingest and refresh runs.
+        # Scoring yields the queue to ingest and refresh runs, and the CPU.
         assert {r.tags["dagster/priority"] for r in got} == {"-1"}
+        assert {r.tags["astra/cpu_niceness"] for r in got} == {"10"}
         assert requests(sensor, instance, cursor)[0] == []
 
 
@@ -132,10 +134,15 @@ def store(
     )
 
 
-def windows_refreshed(instance: dg.DagsterInstance, run_id: str, own_hour: dt.datetime) -> None:
+def windows_refreshed(
+    instance: dg.DagsterInstance, run_id: str, own_hour: dt.datetime, rollups: str = "current"
+) -> None:
     """The run's windows step: windowed_aggregates materialized for its own hour."""
     key = own_hour.strftime("%Y-%m-%d-%H:00")
-    store(instance, run_id, dg.AssetMaterialization(WINDOWED_AGGREGATES, partition=key))
+    materialization = dg.AssetMaterialization(
+        WINDOWED_AGGREGATES, partition=key, metadata={"rollups": rollups}
+    )
+    store(instance, run_id, materialization)
 
 
 def finish(instance: dg.DagsterInstance, run_id: str, status: dg.DagsterRunStatus) -> None:
@@ -198,3 +205,37 @@ def test_windows_sensor_requests_the_own_hour_of_a_run_without_its_windows_step(
         finish(instance, run_id, dg.DagsterRunStatus.SUCCESS)
         got, _ = requests(sensor, instance)
         assert keys(got) == [("2026-11-23-12:00", "2026-11-23-12:00")]
+
+
+def test_windows_sensor_completes_the_roll_ups_an_ingest_run_left_behind() -> None:
+    """A live-hour refresh may leave the hourly roll-ups for later. The next ingest run
+    of the hour catches up; when none comes (the stream stopped) the sensor requests the
+    hour after ROLLUP_WAIT_S, and at once when the hour has ended."""
+    sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
+    live = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    live_key = live.strftime("%Y-%m-%d-%H:00")
+    with dg.instance_for_test() as instance:
+        first = ingest_run(instance, live, [live])
+        windows_refreshed(instance, first, live, rollups="deferred")
+        finish(instance, first, dg.DagsterRunStatus.SUCCESS)
+        # No later run of the hour yet: the sensor waits on it.
+        got, cursor = requests(sensor, instance)
+        assert got == [] and cursor is None
+        # A later ingest run of the hour: it will refresh the hour again.
+        second = ingest_run(instance, live, [live])
+        windows_refreshed(instance, second, live, rollups="deferred")
+        finish(instance, second, dg.DagsterRunStatus.SUCCESS)
+        got, cursor = requests(sensor, instance)
+        assert got == [] and cursor is not None  # the first consumed, the second waits
+    with dg.instance_for_test() as instance:
+        stopped = ingest_run(instance, live, [live], seconds_ago=ROLLUP_WAIT_S + 5)
+        windows_refreshed(instance, stopped, live, rollups="deferred")
+        finish(instance, stopped, dg.DagsterRunStatus.SUCCESS)
+        got, _ = requests(sensor, instance)
+        assert keys(got) == [(live_key, live_key)]
+    with dg.instance_for_test() as instance:
+        ended = ingest_run(instance, hour(8), [hour(8)])
+        windows_refreshed(instance, ended, hour(8), rollups="deferred")
+        finish(instance, ended, dg.DagsterRunStatus.SUCCESS)
+        got, _ = requests(sensor, instance)
+        assert keys(got) == [("2026-11-23-08:00", "2026-11-23-08:00")]

@@ -33,6 +33,7 @@ from dagster._core.storage.tags import (
 from pydantic import BaseModel
 
 from astra_pipeline.assets.ingest import CLEANED_EVENTS
+from astra_pipeline.assets.run_priority import NICENESS_TAG
 from astra_pipeline.assets.windows import (
     HOURLY,
     WINDOWED_AGGREGATES,
@@ -144,6 +145,14 @@ def _ingest_run(record: EventLogRecord, instance: DagsterInstance) -> dg.Dagster
     return run
 
 
+ROLLUP_WAIT_S = 90
+"""An ingest run that left its hour's roll-ups for later (windowed_aggregates refreshes
+them at most once a minute) is normally followed by another ingest run of the hour
+within seconds. When none has come after this long (the stream stopped), or the hour has
+ended, the sensor requests a full refresh of the hour, so its roll-ups do not stay
+behind."""
+
+
 def _touched_hours(
     records: list[EventLogRecord], instance: DagsterInstance
 ) -> tuple[list[dt.datetime], int]:
@@ -151,7 +160,9 @@ def _touched_hours(
     the hour a successful ingest run refreshed itself; and how many records that covers.
     It stops at the first record whose ingest run has not ended (it may still refresh its
     own hour), unless that materialization is older than RUN_WAIT_S (a run whose process
-    died without a record of it must not hold back every later refresh)."""
+    died without a record of it must not hold back every later refresh); and at one whose
+    run left its hour's roll-ups for later while no later ingest run of that hour exists,
+    for up to ROLLUP_WAIT_S, after which it requests that hour too."""
     touched: list[dt.datetime] = []
     consumed = 0
     for record in records:
@@ -162,7 +173,13 @@ def _touched_hours(
         materialization = record.asset_materialization
         value = materialization.metadata.get("touched_hours") if materialization else None
         if value is not None and isinstance(value.value, list):
-            own = _refreshed_by_the_run(record, run, instance)
+            own, rollups_deferred = _refreshed_by_the_run(record, run, instance)
+            if rollups_deferred and run is not None and not _refreshed_again(run, instance):
+                # No later increment will catch up: the hour ended, or the stream stopped.
+                ended = own is not None and own + dt.timedelta(hours=1) <= dt.datetime.now(dt.UTC)
+                if not ended and time.time() - record.timestamp <= ROLLUP_WAIT_S:
+                    break
+                own = None  # a full refresh of the hour computes its roll-ups
             touched += [
                 hour
                 for hour in (dt.datetime.fromisoformat(str(h)) for h in value.value)
@@ -174,12 +191,13 @@ def _touched_hours(
 
 def _refreshed_by_the_run(
     record: EventLogRecord, run: dg.DagsterRun | None, instance: DagsterInstance
-) -> dt.datetime | None:
+) -> tuple[dt.datetime | None, bool]:
     """The hour ingest ``run`` (behind ``record``) refreshed itself: it succeeded and
     recorded a windowed_aggregates materialization of its partition after ``record``
-    (a run launched with only the ingest assets selected did not). None otherwise."""
+    (a run launched with only the ingest assets selected did not); None otherwise. And
+    whether that refresh left the hour's roll-ups for later (``rollups: deferred``)."""
     if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
-        return None
+        return None, False
     key = run.tags[PARTITION_NAME_TAG]
     later = instance.fetch_materializations(
         dg.AssetRecordsFilter(
@@ -190,9 +208,28 @@ def _refreshed_by_the_run(
         limit=FETCH_LIMIT,
         ascending=True,
     )
-    if any(r.run_id == run.run_id for r in later.records):
-        return partition_hour(key)
-    return None
+    mine = [r.asset_materialization for r in later.records if r.run_id == run.run_id]
+    if not mine:
+        return None, False
+    rollups = mine[-1].metadata.get("rollups") if mine[-1] else None
+    return partition_hour(key), rollups is not None and rollups.value == "deferred"
+
+
+def _refreshed_again(run: dg.DagsterRun, instance: DagsterInstance) -> bool:
+    """Whether an ingest run of the same partition was created after ``run`` (it
+    refreshes the hour again, roll-ups included when they are due)."""
+    record = instance.get_run_record_by_id(run.run_id)
+    if record is None:
+        return False
+    later = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=INGEST_JOB_NAME,
+            tags={PARTITION_NAME_TAG: run.tags[PARTITION_NAME_TAG]},
+            created_after=record.create_timestamp,
+        ),
+        limit=2,
+    )
+    return any(r.dagster_run.run_id != run.run_id for r in later)
 
 
 def _materialized_hours(
@@ -217,8 +254,9 @@ def build_windows_sensor(
     )
 
 
-SCORING_PRIORITY = {PRIORITY_TAG: "-1"}
-"""Scoring runs yield to waiting ingest and refresh runs (queue and writer pool)."""
+SCORING_PRIORITY = {PRIORITY_TAG: "-1", NICENESS_TAG: "10"}
+"""Scoring runs yield to waiting ingest and refresh runs (queue and writer pool), and
+run at a lower CPU priority (niceness 10) so that ingest runs get the cores first."""
 
 
 def build_scoring_sensor(

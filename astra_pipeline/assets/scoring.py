@@ -31,6 +31,7 @@ from pydantic import Field
 
 from astra_pipeline.assets.features import CHURN_FEATURES, DAILY, day_start, days_of
 from astra_pipeline.assets.ingest import CLEANED_EVENTS, WRITER_POOL
+from astra_pipeline.assets.run_priority import lower_cpu_priority
 from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES
 from astra_pipeline.transforms.anomaly import AnomalyConfig, score_readings
 from astra_pipeline.transforms.churn import CHURN_HORIZON_DAYS, DAY, churn_label, day_end
@@ -282,6 +283,7 @@ def anomaly_scores(
     context: dg.AssetExecutionContext, warehouse: DuckDBWarehouseResource
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
     started = time.monotonic()
+    lower_cpu_priority(context)
     window = context.partition_time_window
     rules = ANOMALY_RULES
     metrics = [m.column for m in rules.metrics]
