@@ -193,7 +193,7 @@ def test_due_rollups_cover_the_hour_even_without_new_readings() -> None:
     assert increment.tables["sensor_1h"]["reading_count"].to_list() == [2]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), batches=st.integers(1, 8))
 def test_increments_in_ingestion_order_equal_a_full_recompute(seed: int, batches: int) -> None:
     """Rows anywhere the partition reads (the half hour before for sessions, 4 minutes

@@ -206,7 +206,7 @@ def test_incremental_refreshes_after_each_batch_equal_one_backfill(
     recomputed on every refresh here; leaving them for later is tested below.)"""
     monkeypatch.setattr(windows_asset_module, "ROLLUP_EVERY", dt.timedelta(0))
     messages = simulated(seed=9)
-    cuts = sorted(random.Random(9).sample(range(1, len(messages)), 12))
+    cuts = sorted(random.Random(9).sample(range(1, len(messages)), 6))
     config = IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq")
     touched_all: set[dt.datetime] = set()
     modes: list[str] = []
