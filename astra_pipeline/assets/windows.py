@@ -19,6 +19,7 @@ from astra_pipeline.transforms.partition_windows import (
     hours_between,
     input_ranges,
 )
+from astra_pipeline.transforms.windows import HOUR
 from resources.warehouse import DuckDBWarehouseResource, WarehouseSession
 from resources.window_store import (
     PartitionRecord,
@@ -47,8 +48,6 @@ HOURLY = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1
 CHUNK = dt.timedelta(days=1)
 """A backfill writes one transaction per day of its range: bounded memory, and a
 crash loses at most the day in progress (the next run replaces it whole)."""
-
-HOUR = dt.timedelta(hours=1)
 
 ROLLUP_EVERY = dt.timedelta(seconds=60)
 """An incremental refresh of the live hour recomputes its hourly roll-ups (sensor_1h,
@@ -103,8 +102,8 @@ def windowed_aggregates(
     records = []
     mode = "full"
     rollups = "current"
-    for chunk_start in hours[:: int(CHUNK / dt.timedelta(hours=1))]:
-        chunk_end = min(chunk_start + CHUNK, hours[-1] + dt.timedelta(hours=1))
+    for chunk_start in hours[:: int(CHUNK / HOUR)]:
+        chunk_end = min(chunk_start + CHUNK, hours[-1] + HOUR)
         with warehouse.transaction() as tx:
             now = dt.datetime.now(dt.UTC)
             previous = (
@@ -113,9 +112,11 @@ def windowed_aggregates(
                 else None
             )
             if previous is not None and previous.seen_until is not None:
-                refreshed = _refresh_since(tx, chunk_start, previous, now)
+                last_rollup = rollups_record(tx, chunk_start)
+                refreshed = _refresh_since(
+                    tx, chunk_start, previous, previous.seen_until, last_rollup, now
+                )
                 if refreshed is None:
-                    last_rollup = rollups_record(tx, chunk_start)
                     current = last_rollup is not None and last_rollup[1] == previous.seen_until
                     return _unchanged(previous, current, started)
                 mode = "since_last_refresh"
@@ -178,20 +179,22 @@ def _refresh_in_full(
 
 
 def _refresh_since(
-    tx: WarehouseSession, hour: dt.datetime, previous: PartitionRecord, now: dt.datetime
+    tx: WarehouseSession,
+    hour: dt.datetime,
+    previous: PartitionRecord,
+    since: dt.datetime,
+    last_rollup: tuple[dt.datetime, dt.datetime | None] | None,
+    now: dt.datetime,
 ) -> Refreshed | None:
-    """Recompute the windows of the partition that rows ingested since its last refresh
-    fall in (the hourly roll-ups at most every ROLLUP_EVERY while the hour lasts); None
-    when there are none."""
-    assert previous.seen_until is not None
+    """Recompute the windows of the partition that rows ingested after ``since`` (its
+    last refresh's seen_until) fall in, the hourly roll-ups at most every ROLLUP_EVERY
+    while the hour lasts (``last_rollup``: when they were last computed, and from which
+    snapshot); None when there are no such rows."""
     (r_from, r_until), (a_from, a_until) = input_ranges(hour, hour + HOUR)
-    new_readings, new_activity = clean_rows_since(
-        tx, previous.seen_until, r_from, r_until, a_from, a_until
-    )
+    new_readings, new_activity = clean_rows_since(tx, since, r_from, r_until, a_from, a_until)
     if new_readings.height == 0 and new_activity.height == 0:
         return None
-    rolled_up = rollups_record(tx, hour)
-    rollups = rollups_due(hour, rolled_up[0] if rolled_up else None, now)
+    rollups = rollups_due(hour, last_rollup[0] if last_rollup else None, now)
     scope = increment_scope(new_readings, new_activity, hour, rollups=rollups)
     clean = load_clean_in(
         tx, scope.reading_ranges, scope.activity_ranges, scope.session_users, scope.session_range
