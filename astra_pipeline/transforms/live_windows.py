@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from astra_pipeline.transforms.partition_windows import partition_stats
+from astra_pipeline.transforms.partition_windows import contiguous_ranges, partition_stats
 from astra_pipeline.transforms.windows import (
     HOUR,
     MINUTE,
@@ -91,13 +91,7 @@ def minute_runs(
             start = minute.astimezone(dt.UTC) - back * MINUTE
             if lo <= start < hi:
                 minutes.add(start)
-    runs: list[Range] = []
-    for minute in sorted(minutes):
-        if runs and runs[-1][1] == minute:
-            runs[-1] = (runs[-1][0], minute + MINUTE)
-        else:
-            runs.append((minute, minute + MINUTE))
-    return runs
+    return [(first, last + MINUTE) for first, last in contiguous_ranges(list(minutes), MINUTE)]
 
 
 def _within(frame: pl.DataFrame, ranges: list[Range]) -> pl.DataFrame:

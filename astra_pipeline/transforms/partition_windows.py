@@ -62,12 +62,14 @@ def hours_between(start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
     return [lo + i * HOUR for i in range(int((hi - lo) / HOUR))]
 
 
-def contiguous_ranges(hours: list[dt.datetime]) -> list[tuple[dt.datetime, dt.datetime]]:
-    """Hours (any order, repeats allowed) as (first, last) of each run of consecutive
-    hours, in order."""
+def contiguous_ranges(
+    hours: list[dt.datetime], step: dt.timedelta = HOUR
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    """Hours (or other points ``step`` apart; any order, repeats allowed) as (first,
+    last) of each run of consecutive ones, in order."""
     ranges: list[tuple[dt.datetime, dt.datetime]] = []
     for hour in sorted(set(hours)):
-        if ranges and hour - ranges[-1][1] == HOUR:
+        if ranges and hour - ranges[-1][1] == step:
             ranges[-1] = (ranges[-1][0], hour)
         else:
             ranges.append((hour, hour))
