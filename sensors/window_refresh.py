@@ -174,10 +174,8 @@ def _touched_hours(
         value = materialization.metadata.get("touched_hours") if materialization else None
         if value is not None and isinstance(value.value, list):
             own, rollups_deferred = _refreshed_by_the_run(record, run, instance)
-            if rollups_deferred and run is not None and not _refreshed_again(run, instance):
-                # No later increment will catch up: the hour ended, or the stream stopped.
-                ended = own is not None and own + dt.timedelta(hours=1) <= dt.datetime.now(dt.UTC)
-                if not ended and time.time() - record.timestamp <= ROLLUP_WAIT_S:
+            if own is not None and rollups_deferred and not _refreshed_again(run, instance):
+                if _may_still_be_refreshed(record, own):
                     break
                 own = None  # a full refresh of the hour computes its roll-ups
             touched += [
@@ -215,9 +213,19 @@ def _refreshed_by_the_run(
     return partition_hour(key), rollups is not None and rollups.value == "deferred"
 
 
-def _refreshed_again(run: dg.DagsterRun, instance: DagsterInstance) -> bool:
+def _may_still_be_refreshed(record: EventLogRecord, own: dt.datetime) -> bool:
+    """Whether another ingest run may yet refresh hour ``own``, whose roll-ups the run
+    behind ``record`` left for later: the hour goes on and the record is not older than
+    ROLLUP_WAIT_S (the stream may only be between two runs)."""
+    ongoing = own + HOUR > dt.datetime.now(dt.UTC)
+    return ongoing and time.time() - record.timestamp <= ROLLUP_WAIT_S
+
+
+def _refreshed_again(run: dg.DagsterRun | None, instance: DagsterInstance) -> bool:
     """Whether an ingest run of the same partition was created after ``run`` (it
     refreshes the hour again, roll-ups included when they are due)."""
+    if run is None:
+        return False
     record = instance.get_run_record_by_id(run.run_id)
     if record is None:
         return False
