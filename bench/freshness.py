@@ -9,8 +9,10 @@ counts (agg.sensor_1m + agg.user_1m) every second: the k-th event of a minute is
 queryable from the first poll whose count for that minute is >= k. Where the runs'
 time goes (queue, process start, steps) is read from the instance's run records.
 
-A refresh recomputes its whole hour, so its cost grows with the hour's size: at 2,000
-events/s an hour ends with 7,200,000 events. ``--prefill N`` writes N clean sensor
+The live hour's refresh recomputes only the windows new rows fall in, but its hourly
+roll-ups (once a minute) and the anomaly scoring runs still read the whole hour, so
+their cost grows with the hour's size: at 2,000 events/s an hour ends with 7,200,000
+events. ``--prefill N`` writes N clean sensor
 readings spread over the part of the current hour that has passed (ingested a second
 before the start) into the DuckDB file before the daemon starts
 (as if the stream had been running for a while), and their per-minute counts are

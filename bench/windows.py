@@ -266,9 +266,7 @@ SELECT
     stddev_samp(humidity_pct) AS humidity_pct_stddev,
     quantile_cont(humidity_pct, 0.95) AS humidity_pct_p95,
     min(battery_pct) AS battery_min,
-    count(*) FILTER (WHERE status = 'ok') AS count_ok,
-    count(*) FILTER (WHERE status = 'degraded') AS count_degraded,
-    count(*) FILTER (WHERE status = 'fault') AS count_fault
+    {", ".join(f"count(*) FILTER (WHERE status = '{s}') AS count_{s}" for s in SENSOR_STATUSES)}
 FROM {SENSOR_READINGS}
 WHERE ts >= $1 AND ts < $2
 GROUP BY ALL
