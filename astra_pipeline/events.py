@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -31,6 +33,12 @@ MAX_FUTURE_SKEW = dt.timedelta(minutes=5)
 SENSOR_STATUSES = ("ok", "degraded", "fault")
 USER_ACTIONS = ("page_view", "add_to_cart", "purchase", "login", "logout")
 
+# ISO-8601 (RFC 3339) date and time with a zone: the only timestamps the contract takes.
+# pydantic alone would also read "7" or "1764388800" as seconds since 1970, even strict.
+ISO_TIMESTAMP = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?([Zz]|[+-]\d{2}(:?\d{2})?)"
+)
+
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 SensorStatus = Literal["ok", "degraded", "fault"]
 UserAction = Literal["page_view", "add_to_cart", "purchase", "login", "logout"]
@@ -42,7 +50,33 @@ class _Event(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
 
     event_id: NonEmptyStr
-    ts: AwareDatetime
+    # Lax for this one field: after the before-validator the value is a Python string,
+    # which strict mode would refuse to parse; the validator already refused all but ISO.
+    ts: Annotated[AwareDatetime, Field(strict=False)]
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _iso_8601(cls, value: object) -> object:
+        # Only this shape reaches the (lax, see `ts`) datetime parser: no numbers, no
+        # numeric strings, no local times. Python callers may pass a datetime.
+        if isinstance(value, dt.datetime) or (
+            isinstance(value, str) and ISO_TIMESTAMP.fullmatch(value)
+        ):
+            return value
+        raise ValueError(
+            "must be an ISO-8601 date and time with a timezone (Z or +HH:MM), "
+            "e.g. 2026-11-23T07:45:05.123Z"
+        )
+
+    @model_validator(mode="after")
+    def _extra_is_json(self) -> _Event:
+        # JSON has no NaN or Infinity (RFC 8259); the parser reads them anyway, and an
+        # unknown field is stored as JSON in `extra`: refuse them rather than store
+        # text no JSON reader takes.
+        for name, value in (self.__pydantic_extra__ or {}).items():
+            if not _finite(value):
+                raise ValueError(f"extra field {name!r} holds NaN or Infinity, which is not JSON")
+        return self
 
     @field_validator("ts")
     @classmethod
@@ -58,6 +92,21 @@ class _Event(BaseModel):
     def extra(self) -> dict[str, Any]:
         """Unknown fields: kept, not rejected."""
         return dict(self.__pydantic_extra__ or {})
+
+
+def _finite(value: object) -> bool:
+    """No NaN or infinite float anywhere in a parsed JSON value (walked without recursion,
+    so depth costs nothing)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 class SensorReading(_Event):

@@ -134,7 +134,9 @@ def validate_messages(values: list[bytes | None], now: dt.datetime) -> Validated
             continue
         try:
             event = decode(value)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        except Exception:
+            # Not only msgspec's own errors: a deep value raises RecursionError. Whatever
+            # it is, the message is pydantic's to judge.
             slow.append(index)
             continue
         if type(event) is _FastSensor:
@@ -207,10 +209,17 @@ def _judge_with_pydantic(
             continue
         try:
             event = parse_event(value, now=now)
+            record = _record(event, row)
         except EventRejected as error:
-            rejected.append({"row": row, "reason": str(error)})
+            rejected.append({"row": row, "reason": _bounded(str(error))})
             continue
-        record = _record(event, row)
+        except Exception as error:
+            # Whatever judging one message raises stays with that message: it is a dead
+            # letter with the error as its reason, and the batch goes on (a batch that
+            # failed on its content would fail again on every replay and stop the topic).
+            reason = f"event: could not be judged: {type(error).__name__}: {error}"
+            rejected.append({"row": row, "reason": _bounded(reason)})
+            continue
         (sensors if isinstance(event, SensorReading) else users).append(record)
     return (
         pl.DataFrame(sensors, schema=SENSOR_SCHEMA),
@@ -219,11 +228,21 @@ def _judge_with_pydantic(
     )
 
 
+MAX_REASON_CHARS = 2_000
+"""A dead letter's reason is for people and a Kafka header: long ones are cut here."""
+
+
+def _bounded(reason: str) -> str:
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[: MAX_REASON_CHARS - 20] + f" ... ({len(reason)} chars)"
+
+
 def _record(event: SensorReading | UserActivity, row: int) -> dict[str, Any]:
     fields = SENSOR_FIELDS if isinstance(event, SensorReading) else USER_FIELDS
     record = {name: getattr(event, name) for name in fields}
     record["ts"] = event.ts.astimezone(dt.UTC)
     extra = event.extra
-    record["extra"] = json.dumps(extra, sort_keys=True) if extra else None
+    record["extra"] = json.dumps(extra, sort_keys=True, allow_nan=False) if extra else None
     record["row"] = row
     return record
