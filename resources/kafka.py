@@ -7,7 +7,9 @@ exception types with a message that says what was being attempted.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import dagster as dg
 from confluent_kafka import (
@@ -17,13 +19,33 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    ResourceType,
+)
 from pydantic import Field
 
 from resources.errors import KafkaUnavailable
 from resources.kafka_range import KafkaBatch, KafkaRangeReader, ProcessRangeReader
 
-__all__ = ["KafkaBatch", "KafkaProducer", "KafkaRangeReader", "KafkaResource"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterPublisher",
+    "KafkaBatch",
+    "KafkaProducer",
+    "KafkaRangeReader",
+    "KafkaResource",
+]
+
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+"""Apache Kafka's default max.message.bytes (topic) and message.max.bytes (broker)."""
+LIBRDKAFKA_MAX_MESSAGE_BYTES = 1_000_000_000
+_TOO_LARGE = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE}
+# Room for a dead letter's headers (source coordinates, a reason of at most 2,000
+# characters) and the record framing on top of a value the input topic accepted.
+_HEADER_ROOM_BYTES = 16 * 1024
 
 
 class KafkaProducer:
@@ -68,6 +90,125 @@ class KafkaProducer:
             raise KafkaUnavailable(
                 f"{len(failures)} messages were not delivered; first error: {failures[0]}"
             )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that broke the contract, with where it came from and why."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+def _on_delivery(
+    letter: DeadLetter, refused: list[DeadLetter], failures: list[str]
+) -> Callable[[KafkaError | None, object], None]:
+    def delivered(error: KafkaError | None, _message: object) -> None:
+        if error is None:
+            return
+        if error.code() in _TOO_LARGE:
+            refused.append(letter)
+        else:
+            failures.append(error.str())
+
+    return delivered
+
+
+class DeadLetterPublisher:
+    """Publishes dead letters whole, or, when one is larger than the dead-letter topic
+    takes, a small record that points to it (the whole message stays in the dead-letter
+    table). A message's size can therefore never stop the stream; only an unreachable
+    broker fails ``publish``.
+    """
+
+    def __init__(self, producer: Producer, topic: str, table: str) -> None:
+        self._producer = producer
+        self.topic = topic
+        self._table = table
+        self.pointers = 0
+        """How many dead letters were published as pointers so far."""
+
+    def publish(self, letters: Iterable[DeadLetter]) -> None:
+        refused = self._send([(letter, False) for letter in letters])
+        # A broker that refuses a record batch for its size fails every message in it:
+        # try each refused one whole and alone before it becomes a pointer.
+        for letter in refused:
+            if self._send([(letter, False)]) and self._send([(letter, True)]):
+                raise KafkaUnavailable(f"{self.topic} refused even a pointer record")
+
+    def _send(self, letters: list[tuple[DeadLetter, bool]]) -> list[DeadLetter]:
+        """Produce and flush; returns the letters refused for their size."""
+        refused: list[DeadLetter] = []
+        failures: list[str] = []
+        for letter, as_pointer in letters:
+            delivered = _on_delivery(letter, refused, failures)
+            if as_pointer:
+                value = json.dumps(self._pointer(letter)).encode()
+                key = letter.key if letter.key is not None and len(letter.key) <= 1024 else None
+            else:
+                value, key = letter.value or b"", letter.key
+            if self._produce(letter, value, key, delivered, as_pointer):
+                self.pointers += as_pointer
+            else:
+                refused.append(letter)
+        remaining = self._producer.flush(30.0)
+        if remaining:
+            raise KafkaUnavailable(f"{remaining} dead letters not delivered to {self.topic}")
+        if failures:
+            raise KafkaUnavailable(
+                f"{len(failures)} dead letters not delivered to {self.topic}; "
+                f"first error: {failures[0]}"
+            )
+        return refused
+
+    def _pointer(self, letter: DeadLetter) -> dict[str, object]:
+        return {
+            "pointer": True,
+            "why": f"the message is larger than {self.topic} accepts",
+            "table": self._table,
+            "topic": letter.topic,
+            "partition": letter.partition,
+            "offset": letter.offset,
+            "value_bytes": len(letter.value or b""),
+            "key_bytes": len(letter.key or b""),
+            "reason": letter.reason,
+        }
+
+    def _produce(
+        self,
+        letter: DeadLetter,
+        value: bytes,
+        key: bytes | None,
+        callback: Callable[[KafkaError | None, object], None],
+        as_pointer: bool,
+    ) -> bool:
+        """False when the producer refuses the message for its size."""
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("source", letter.source.encode()),
+            ("reason", letter.reason.encode()),
+        ]
+        if as_pointer:
+            headers.append(("astra-pointer", b"1"))
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic, value=value, key=key, headers=headers, on_delivery=callback
+                )
+                return True
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as error:
+                if error.args[0].code() in _TOO_LARGE:
+                    return False
+                raise KafkaUnavailable(f"producing to {self.topic}: {error}") from error
 
 
 class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -202,6 +343,45 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         wrapper = KafkaProducer(Producer(config))
         yield wrapper
         wrapper.flush()
+
+    def max_message_bytes(self, topic: str) -> int | None:
+        """The topic's max.message.bytes, or None when the broker does not report it
+        (the embedded broker reports no configs and takes any size)."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 3})
+        resource = ConfigResource(ResourceType.TOPIC, topic)
+        try:
+            configs = admin.describe_configs([resource])[resource].result(timeout=self.timeout_s)
+        except KafkaException as error:
+            if error.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None
+            raise KafkaUnavailable(f"describing topic {topic}: {error}") from error
+        entry = configs.get("max.message.bytes")
+        if entry is None or entry.value is None:
+            return None
+        return int(entry.value)
+
+    @contextlib.contextmanager
+    def dead_letter_publisher(
+        self, source_topic: str, topic: str, table: str
+    ) -> Iterator[DeadLetterPublisher]:
+        """A publisher sized so that whatever ``source_topic`` accepted can be sent on:
+        its producer takes messages up to the larger of both topics' max.message.bytes
+        (Kafka's default where the broker does not say) plus room for the headers. The
+        broker still enforces the dead-letter topic's own limit; what it refuses for size
+        is published as a pointer."""
+        known = [self.max_message_bytes(t) for t in (source_topic, topic)]
+        limit = max([n for n in known if n is not None] or [KAFKA_DEFAULT_MAX_MESSAGE_BYTES])
+        producer_limit = min(limit + _HEADER_ROOM_BYTES, LIBRDKAFKA_MAX_MESSAGE_BYTES)
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "linger.ms": 20,
+                "message.max.bytes": producer_limit,
+                "log_level": 3,
+            }
+        )
+        yield DeadLetterPublisher(producer, topic, table)
+        producer.flush(30)
 
     def create_topics(self, partitions_by_topic: Mapping[str, int]) -> list[str]:
         """Create missing topics; returns the names that were created."""

@@ -18,8 +18,15 @@ import polars as pl
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
 from astra_pipeline.transforms.windows import touched_hours
 from resources.ingest_store import BatchRows, next_offsets, write_batch
-from resources.kafka import KafkaBatch, KafkaProducer, KafkaRangeReader, KafkaResource
+from resources.kafka import (
+    DeadLetter,
+    DeadLetterPublisher,
+    KafkaBatch,
+    KafkaRangeReader,
+    KafkaResource,
+)
 from resources.kafka_range import ProcessRangeReader
+from resources.tables import DEAD_LETTER_EVENTS as DEAD_LETTER_TABLE
 from resources.warehouse import BatchWriter, DuckDBWarehouseResource
 
 RAW_EVENTS = dg.AssetKey("raw_events")
@@ -83,7 +90,9 @@ def drain(
             kafka.reader(config.topic)
         )
         writer = stack.enter_context(warehouse.batch_writer())
-        deadletters = stack.enter_context(kafka.producer())
+        deadletters = stack.enter_context(
+            kafka.dead_letter_publisher(config.topic, config.deadletter_topic, DEAD_LETTER_TABLE)
+        )
         prefetch = stack.enter_context(ThreadPoolExecutor(1))
         pending = prefetch.submit(reader.read, starts, config.max_batch_size)
         backlog = False
@@ -123,7 +132,7 @@ def drain(
 def _ingest_one(
     kafka: KafkaResource,
     writer: BatchWriter,
-    deadletters: KafkaProducer,
+    deadletters: DeadLetterPublisher,
     config: IngestConfig,
     run_id: str | None,
     batch: KafkaBatch,
@@ -134,18 +143,19 @@ def _ingest_one(
     frames = build_ingest_frames(batch.frame, config.topic, batch_id, now)
     # Dead letters go to their topic before the DuckDB commit: a crash in between
     # re-sends them on replay (at-least-once, keyed by source coordinates), never loses.
+    # A dead letter too large for its topic goes as a pointer to its row in the table.
     if frames.dead_letters.height:
-        for row in frames.dead_letters.iter_rows(named=True):
-            deadletters.send(
-                config.deadletter_topic,
-                value=row["value"] or b"",
+        deadletters.publish(
+            DeadLetter(
+                topic=row["topic"],
+                partition=row["partition"],
+                offset=row["offset"],
                 key=row["key"],
-                headers=[
-                    ("source", f"{row['topic']}/{row['partition']}/{row['offset']}".encode()),
-                    ("reason", row["reason"].encode()),
-                ],
+                value=row["value"],
+                reason=row["reason"],
             )
-        deadletters.flush()
+            for row in frames.dead_letters.iter_rows(named=True)
+        )
     with writer.transaction() as tx:
         # Stamped again now that the transaction holds the file (DuckDB allows one writing
         # process): rows committed after a window refresh then have an ingested_at after
