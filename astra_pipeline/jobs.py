@@ -35,6 +35,10 @@ def build_ingest_job(config: IngestConfig) -> UnresolvedAssetJobDefinition:
                 "windowed_aggregates": WindowsConfig(since_last_refresh=True),
             }
         ),
+        # A backstop for a run that hangs rather than dies (run monitoring cancels it,
+        # and the next run re-reads its range): far above a healthy run's time budget
+        # plus its refresh and a wait for the writer slot behind a backfill.
+        tags={"dagster/max_runtime": str(int(max(600.0, 10 * config.time_budget_s)))},
         description="Drain Kafka into raw, clean and dead-letter tables, refresh the "
         "windows of the run's hour, and run their checks.",
     )

@@ -1,0 +1,184 @@
+"""A run killed inside the pooled ingest step does not stop ingestion (real daemon, real
+broker, real DuckDB file, nobody touching the instance).
+
+Before, the dead run was marked failed by its code server but kept its `duckdb_writer`
+pool slot, so the next run waited for the slot forever while the sensor, seeing that run
+STARTED, asked for no other: the stream stopped until a person freed the slot. Run
+monitoring now frees a finished run's slots and fails runs whose worker is gone
+(dagster.yaml, resources/run_launcher.py); the bound is in docs/exactly-once.md.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from astra_pipeline.jobs import INGEST_JOB_NAME
+from astra_pipeline_tests.helpers import counts, produce, stop_process_group
+from resources.broker import EmbeddedBroker
+from resources.errors import WarehouseError, WarehouseLocked
+from resources.kafka import KafkaResource
+from resources.warehouse import DuckDBWarehouseResource
+
+REPO = Path(__file__).resolve().parent.parent
+BOUND_S = 60.0
+"""From the kill to every event ingested, with nobody touching the instance."""
+
+
+@pytest.fixture
+def daemon_env(broker: EmbeddedBroker, topic: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "dagster.embedded.yaml", home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "ASTRA_DUCKDB_PATH": str(tmp_path / "astra.duckdb"),
+        "ASTRA_TOPIC_RAW": topic,
+        "ASTRA_TOPIC_DEADLETTER": f"{topic}_dlq",
+        "ASTRA_CONSUMER_GROUP": f"g-{topic}",
+        "ASTRA_SENSOR_INTERVAL_S": "2",
+        # Small batches: the run commits one every few milliseconds for seconds, so the
+        # kill lands inside the pooled step, between or inside batch transactions.
+        "ASTRA_MAX_BATCH_SIZE": "2000",
+    }
+    log = (tmp_path / "daemon.log").open("wb")
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield env
+    finally:
+        stop_process_group(daemon)
+        log.close()
+
+
+def _ingest_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(filters=dg.RunsFilter(job_name=INGEST_JOB_NAME)))
+
+
+def _worker_in_step(instance: dg.DagsterInstance, deadline: float) -> tuple[str, int]:
+    """The first ingest run whose pooled step has committed a batch, and its worker pid."""
+    while time.monotonic() < deadline:
+        for run in _ingest_runs(instance):
+            logs = instance.all_logs(run.run_id)
+            started = [e for e in logs if e.dagster_event_type == dg.DagsterEventType.RUN_START]
+            in_step = any("batch 1:" in (e.user_message or "") for e in logs)
+            if started and in_step and run.status == dg.DagsterRunStatus.STARTED:
+                pid = started[0].dagster_event.pid  # type: ignore[union-attr]
+                assert pid, "RUN_START carries the worker's pid"
+                return run.run_id, int(pid)
+        time.sleep(0.05)
+    raise AssertionError("no ingest run reached its pooled step in time")
+
+
+def _parent(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1])
+
+
+def _counts(warehouse: DuckDBWarehouseResource) -> dict[str, int] | None:
+    try:
+        return counts(warehouse)
+    except (WarehouseError, WarehouseLocked):
+        return None
+
+
+def _kill_in_step(daemon_env: dict[str, str], kafka: KafkaResource, topic: str, server: bool):
+    instance = dg.DagsterInstance.from_config(daemon_env["DAGSTER_HOME"])
+    produced = produce(kafka, topic, 200_000, seed=21, malformed_fraction=0.01)
+    run_id, pid = _worker_in_step(instance, time.monotonic() + 120)
+    if server:
+        # The code server that launched the run dies with it (an OOM kill, a crash):
+        # nobody is left to report the worker's death but run monitoring.
+        os.kill(_parent(pid), signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+    return instance, produced, run_id, time.monotonic()
+
+
+def _failed_after(instance: dg.DagsterInstance, run_id: str, killed_at: float, limit_s: float):
+    while time.monotonic() - killed_at < limit_s:
+        run = instance.get_run_by_id(run_id)
+        assert run is not None
+        if run.status == dg.DagsterRunStatus.FAILURE:
+            return time.monotonic() - killed_at
+        time.sleep(0.5)
+    raise AssertionError(f"the killed run is still {run.status} after {limit_s:.0f}s")
+
+
+@pytest.mark.timeout(300)
+def test_a_run_killed_in_the_pooled_step_is_failed_and_the_next_run_catches_up(
+    daemon_env: dict[str, str], kafka: KafkaResource, topic: str
+) -> None:
+    instance, first, run_id, killed_at = _kill_in_step(daemon_env, kafka, topic, server=False)
+    second = produce(kafka, topic, 5_000, seed=22, malformed_fraction=0.01)
+
+    failed_after = _failed_after(instance, run_id, killed_at, BOUND_S)
+    warehouse = DuckDBWarehouseResource(path=daemon_env["ASTRA_DUCKDB_PATH"], lock_timeout_s=1)
+    want = first["total"] + second["total"]
+    got = None
+    while time.monotonic() - killed_at < BOUND_S:
+        got = _counts(warehouse)
+        if got and got["raw"] >= want:
+            break
+        time.sleep(1)
+    caught_up_after = time.monotonic() - killed_at
+    assert got is not None and got["raw"] == want, (got, want, caught_up_after)
+    # Exactly once: every message once in raw, every valid event once in clean.
+    assert got["ledger"] == want
+    assert got["clean"] == got["distinct_ids"] == first["unique_valid"] + second["unique_valid"]
+    assert got["dead"] == first["malformed"] + second["malformed"]
+    # Nothing is left pretending to run.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        runs = _ingest_runs(instance)
+        if all(r.is_finished for r in runs):
+            break
+        time.sleep(1)
+    assert all(r.is_finished for r in runs), [(r.run_id, r.status) for r in runs]
+    later = [r for r in runs if r.run_id != run_id]
+    assert later and all(r.status == dg.DagsterRunStatus.SUCCESS for r in later)
+    print(f"killed run failed after {failed_after:.1f}s, caught up after {caught_up_after:.1f}s")
+
+
+SERVER_DETECTION_BOUND_S = 20.0
+"""Run monitoring's poll (5 s) plus the health check (at most a 10 s question)."""
+
+
+@pytest.mark.timeout(300)
+def test_a_run_whose_code_server_died_with_it_is_failed_and_its_slot_freed(
+    daemon_env: dict[str, str], kafka: KafkaResource, topic: str
+) -> None:
+    """Only run monitoring can tell: the server that would report the worker is gone.
+    (The daemon itself starts a new code server within a minute, after which the sensor
+    asks for the next run as in the test above.)"""
+    instance, _, run_id, killed_at = _kill_in_step(daemon_env, kafka, topic, server=True)
+    failed_after = _failed_after(instance, run_id, killed_at, SERVER_DETECTION_BOUND_S)
+    message = [
+        e.message for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    ]
+    assert any("worker process" in (m or "") for m in message), message
+    while time.monotonic() - killed_at < SERVER_DETECTION_BOUND_S + 15:
+        info = instance.event_log_storage.get_concurrency_info("duckdb_writer")
+        if not info.claimed_slots:
+            break
+        time.sleep(0.5)
+    assert not info.claimed_slots, info.claimed_slots
+    print(
+        f"run failed after {failed_after:.1f}s, slot free after {time.monotonic() - killed_at:.1f}s"
+    )
