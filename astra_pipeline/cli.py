@@ -53,6 +53,13 @@ def _kafka(settings: AstraSettings, bootstrap: str | None = None) -> KafkaResour
     )
 
 
+def _warehouse(settings: AstraSettings, path: str | None = None) -> DuckDBWarehouseResource:
+    """The warehouse every command uses: the settings' file (or ``path``) and lock wait."""
+    return DuckDBWarehouseResource(
+        path=path or str(settings.duckdb_path), lock_timeout_s=settings.duckdb_lock_timeout_s
+    )
+
+
 def cmd_schema(args: argparse.Namespace, settings: AstraSettings) -> int:
     sys.stdout.write(json_schema_text() + "\n")
     return 0
@@ -127,9 +134,7 @@ def cmd_simulate(args: argparse.Namespace, settings: AstraSettings) -> int:
         # Event ids depend on the seed alone: a re-run of a seed replaces its truth.
         name = f"seed-{args.seed}"
         anomalies, declining = truth_frames(simulation.ground_truth, name)
-        warehouse = DuckDBWarehouseResource(
-            path=str(settings.duckdb_path), lock_timeout_s=settings.duckdb_lock_timeout_s
-        )
+        warehouse = _warehouse(settings)
         record_ground_truth(warehouse, anomalies, declining)
         summary["ground_truth"] = {
             "simulation": name,
@@ -156,7 +161,7 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
 
     totals = drain(
         _kafka(settings, args.bootstrap),
-        DuckDBWarehouseResource(path=str(settings.duckdb_path)),
+        _warehouse(settings),
         IngestConfig(
             topic=settings.topic_raw,
             deadletter_topic=settings.topic_deadletter,
@@ -183,8 +188,7 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
 
 
 def cmd_sql(args: argparse.Namespace, settings: AstraSettings) -> int:
-    path = args.db or str(settings.duckdb_path)
-    frame = DuckDBWarehouseResource(path=path).query(args.query)
+    frame = _warehouse(settings, args.db).query(args.query)
     if args.format == "csv":
         sys.stdout.write(frame.write_csv())
     elif args.format == "json":

@@ -6,7 +6,7 @@ import dagster as dg
 
 from astra_pipeline.assets.alerts import ALERTS_KEY, build_alerts_asset
 from astra_pipeline.assets.features import CHURN_FEATURES, DAILY, churn_features
-from astra_pipeline.assets.ingest import IngestConfig, ingest_events
+from astra_pipeline.assets.ingest import IngestConfig, build_ingest_events
 from astra_pipeline.assets.scoring import (
     ANOMALY_SCORES_KEY,
     CHURN_SCORES_KEY,
@@ -45,14 +45,13 @@ from sensors.window_refresh import build_scoring_sensor, build_windows_sensor
 
 
 def build_definitions(settings: AstraSettings) -> dg.Definitions:
-    ingest_job = build_ingest_job(
-        IngestConfig(
-            topic=settings.topic_raw,
-            deadletter_topic=settings.topic_deadletter,
-            max_batch_size=settings.max_batch_size,
-            time_budget_s=settings.run_time_budget_s,
-        )
+    ingest_config = IngestConfig(
+        topic=settings.topic_raw,
+        deadletter_topic=settings.topic_deadletter,
+        max_batch_size=settings.max_batch_size,
+        time_budget_s=settings.run_time_budget_s,
     )
+    ingest_job = build_ingest_job(ingest_config)
     windows_job = build_windows_job()
     churn_job = build_churn_job()
     anomaly_job = build_anomaly_job()
@@ -70,7 +69,7 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
     )
     return dg.Definitions(
         assets=[
-            ingest_events,
+            build_ingest_events(ingest_config),
             windowed_aggregates,
             churn_features,
             churn_scores,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
 from astra_pipeline.transforms.windows import touched_hours
@@ -36,10 +37,14 @@ WRITER_POOL = "duckdb_writer"
 
 
 class IngestConfig(dg.Config):
-    topic: str = "events_raw"
-    deadletter_topic: str = "events_deadletter"
-    max_batch_size: int = 100_000
-    time_budget_s: float = 60.0
+    topic: str = Field(default="events_raw", description="Kafka topic to ingest.")
+    deadletter_topic: str = Field(
+        default="events_deadletter", description="Topic malformed messages are sent to."
+    )
+    max_batch_size: int = Field(default=100_000, description="Messages per transaction.")
+    time_budget_s: float = Field(
+        default=60.0, description="Stop reading new batches after this many seconds."
+    )
 
 
 @dataclass
@@ -190,48 +195,72 @@ def _ingest_one(
     )
 
 
-@dg.multi_asset(
-    specs=[
-        dg.AssetSpec(
-            RAW_EVENTS,
-            group_name="ingest",
-            description="Every Kafka message of events_raw with its coordinates (raw.events).",
-        ),
-        dg.AssetSpec(
-            CLEANED_EVENTS,
-            group_name="ingest",
-            deps=[RAW_EVENTS],
-            description="Validated, de-duplicated, enriched events "
-            "(clean.sensor_readings, clean.user_activity).",
-        ),
-        dg.AssetSpec(
-            DEAD_LETTER_EVENTS,
-            group_name="ingest",
-            deps=[RAW_EVENTS],
-            description="Messages that broke the contract, with the reason "
-            "(clean.dead_letter_events and the events_deadletter topic).",
-        ),
-    ],
-    pool=WRITER_POOL,
-    can_subset=False,
-)
-def ingest_events(
-    context: dg.AssetExecutionContext,
-    config: IngestConfig,
-    kafka: KafkaResource,
-    warehouse: DuckDBWarehouseResource,
-) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]
-    started = time.monotonic()
-    totals = IngestTotals()
-    try:
-        drain(kafka, warehouse, config, context.run.run_id, context.log, totals)
-    except Exception:
-        # Batches committed before the error are in the tables: report them (their touched
-        # hours drive the windows refresh, and the next run starts after them), then fail.
-        if totals.batches:
-            yield from _results(totals, round(time.monotonic() - started, 3))
-        raise
-    yield from _results(totals, round(time.monotonic() - started, 3))
+def build_ingest_events(defaults: IngestConfig) -> dg.AssetsDefinition:
+    """The ingest multi-asset whose config defaults are the deployment's settings.
+
+    Defaults in the config schema itself, not in a job's run config: Dagster applies a
+    partitioned job's run config to the runs its sensors request, not to a run launched
+    by hand (`dg launch`, the launchpad, "Materialize"), which would otherwise read the
+    class defaults (topic events_raw) whatever ASTRA_TOPIC_RAW says. The launchpad shows
+    these defaults, and a run may still override any of them."""
+    schema = {
+        name: dg.Field(type(value), default_value=value, description=info.description)
+        for name, info in IngestConfig.model_fields.items()
+        if (value := getattr(defaults, name)) is not None
+    }
+
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec(
+                RAW_EVENTS,
+                group_name="ingest",
+                description=f"Every Kafka message of {defaults.topic} with its coordinates "
+                "(raw.events).",
+            ),
+            dg.AssetSpec(
+                CLEANED_EVENTS,
+                group_name="ingest",
+                deps=[RAW_EVENTS],
+                description="Validated, de-duplicated, enriched events "
+                "(clean.sensor_readings, clean.user_activity).",
+            ),
+            dg.AssetSpec(
+                DEAD_LETTER_EVENTS,
+                group_name="ingest",
+                deps=[RAW_EVENTS],
+                description="Messages that broke the contract, with the reason "
+                f"(clean.dead_letter_events and the {defaults.deadletter_topic} topic).",
+            ),
+        ],
+        name="ingest_events",
+        pool=WRITER_POOL,
+        can_subset=False,
+        config_schema=schema,
+    )
+    def ingest_events(
+        context: dg.AssetExecutionContext,
+        kafka: KafkaResource,
+        warehouse: DuckDBWarehouseResource,
+    ) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]
+        config = IngestConfig(**context.op_execution_context.op_config)
+        started = time.monotonic()
+        totals = IngestTotals()
+        try:
+            drain(kafka, warehouse, config, context.run.run_id, context.log, totals)
+        except Exception:
+            # Batches committed before the error are in the tables: report them (their
+            # touched hours drive the windows refresh, and the next run starts after
+            # them), then fail.
+            if totals.batches:
+                yield from _results(totals, round(time.monotonic() - started, 3))
+            raise
+        yield from _results(totals, round(time.monotonic() - started, 3))
+
+    return ingest_events
+
+
+ingest_events = build_ingest_events(IngestConfig())
+"""With the class defaults: for tests that pass their own run config."""
 
 
 def _results(totals: IngestTotals, seconds: float) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]

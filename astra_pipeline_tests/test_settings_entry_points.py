@@ -1,0 +1,72 @@
+"""Every entry point reads the same settings: the CLI's warehouse commands wait for the
+DuckDB lock as long as ASTRA_DUCKDB_LOCK_TIMEOUT_S says, and an ingest run launched by
+hand (no run config) ingests ASTRA_TOPIC_RAW, not the config class's default topic."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from astra_pipeline.assets.ingest import RAW_EVENTS
+from astra_pipeline.definitions import build_definitions
+from astra_pipeline_tests.helpers import counts, produce
+from resources.kafka import KafkaResource
+from resources.settings import AstraSettings
+from resources.warehouse import DuckDBWarehouseResource
+
+ASTRA = str(Path(sys.executable).parent / "astra")
+
+
+@pytest.mark.parametrize("command", [["sql", "SELECT 1"], ["ingest", "--time-budget", "5"]])
+def test_cli_gives_up_on_a_held_warehouse_after_the_configured_lock_timeout(
+    tmp_path: Path, command: list[str], broker
+) -> None:
+    db = tmp_path / "astra.duckdb"
+    holder = duckdb.connect(str(db))  # a read-write connection holds the file lock
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    env = {
+        **os.environ,
+        "ASTRA_DUCKDB_PATH": str(db),
+        "ASTRA_DUCKDB_LOCK_TIMEOUT_S": "2",
+        "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+    }
+    try:
+        began = time.monotonic()
+        done = subprocess.run(
+            [ASTRA, *command], env=env, capture_output=True, text=True, timeout=60
+        )
+        elapsed = time.monotonic() - began
+    finally:
+        holder.close()
+    assert done.returncode == 2, done.stderr
+    assert "lock" in done.stderr.lower()
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    # The default wait is 30 s; 2 s plus the command's start-up is far below it.
+    assert elapsed < 15, elapsed
+
+
+def test_an_ingest_launched_without_run_config_ingests_the_settings_topic(
+    kafka: KafkaResource, topic: str, warehouse: DuckDBWarehouseResource
+) -> None:
+    produced = produce(kafka, topic, 500, seed=5)
+    settings = AstraSettings(
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
+        topic_raw=topic,
+        topic_deadletter=f"{topic}_dlq",
+        consumer_group=kafka.consumer_group,
+        duckdb_path=Path(warehouse.path),
+    )
+    defs = build_definitions(settings)
+    ingest = defs.get_assets_def(RAW_EVENTS)
+    result = dg.materialize([ingest], resources={"kafka": kafka, "warehouse": warehouse})
+    assert result.success
+    assert counts(warehouse)["raw"] == produced["total"]
+    topics = warehouse.query("SELECT DISTINCT topic FROM raw.events")["topic"].to_list()
+    assert topics == [topic]
