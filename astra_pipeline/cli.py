@@ -22,9 +22,11 @@ import polars as pl
 
 from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES, partition_key
 from astra_pipeline.events import json_schema_text
+from astra_pipeline.replay import ReplayError, load_repair, replay
 from astra_pipeline.simulator import ANOMALY_KINDS, Simulation, SimulatorConfig
 from resources.broker import EmbeddedBroker
 from resources.dagster_api import DagsterGraphQL
+from resources.deadletter_store import Selection, examples, summary
 from resources.errors import AstraResourceError
 from resources.kafka import KafkaResource
 from resources.settings import AstraSettings, SettingsError
@@ -199,6 +201,78 @@ def cmd_sql(args: argparse.Namespace, settings: AstraSettings) -> int:
     return 0
 
 
+def _coordinates(text: str) -> tuple[str | None, int, int]:
+    """A dead letter's coordinates: PARTITION/OFFSET or TOPIC/PARTITION/OFFSET."""
+    parts = text.rsplit("/", 2)
+    try:
+        if len(parts) == 2:
+            return None, int(parts[0]), int(parts[1])
+        if len(parts) == 3 and parts[0]:
+            return parts[0], int(parts[1]), int(parts[2])
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not PARTITION/OFFSET or TOPIC/PARTITION/OFFSET")
+
+
+def _time(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO time (e.g. 2026-11-23T07:00Z)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _selection(args: argparse.Namespace) -> Selection:
+    return Selection(reason=args.reason, ids=tuple(args.ids or ()), since=args.since)
+
+
+def cmd_deadletter_list(args: argparse.Namespace, settings: AstraSettings) -> int:
+    warehouse = _warehouse(settings)
+    selection = _selection(args)
+    with warehouse.session(read_only=True) as session:
+        reasons = summary(session, selection, top=args.top)
+        recent = examples(session, selection, limit=args.examples)
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200):
+        sys.stdout.write(f"dead letters by reason (top {args.top}):\n{reasons}\n")
+        sys.stdout.write(f"most recent {args.examples}:\n{recent}\n")
+    return 0
+
+
+def cmd_deadletter_replay(args: argparse.Namespace, settings: AstraSettings) -> int:
+    if args.reason is None and not args.ids:
+        raise UsageError("deadletter replay: give --reason PATTERN or --ids COORDINATES")
+    repair = load_repair(args.transform) if args.transform else None
+    report = replay(
+        _kafka(settings, args.bootstrap),
+        _warehouse(settings),
+        target_topic=args.topic or settings.topic_raw,
+        selection=_selection(args),
+        repair=repair,
+        repair_name=args.transform,
+        dry_run=args.dry_run,
+    )
+    if report.preview is not None:
+        with pl.Config(tbl_rows=args.examples, tbl_cols=-1, fmt_str_lengths=80):
+            sys.stdout.write(f"{report.preview}\n")
+    sys.stdout.write(
+        json.dumps(
+            {
+                "selected": report.selected,
+                "dry_run": args.dry_run,
+                "claimed": report.claimed,
+                "published": report.published,
+                "settled_from_topic": report.settled,
+                "repair_failures": len(report.repair_failures),
+                "first_repair_failures": report.repair_failures[:5],
+            }
+        )
+        + "\n"
+    )
+    return 0
+
+
 def _hour(text: str) -> dt.datetime:
     """A partition key (2026-11-23-15:00) or an ISO time (2026-11-23T15:00Z) -> its hour."""
     for parse in (
@@ -360,6 +434,16 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -443,6 +527,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backfill.set_defaults(func=cmd_backfill)
 
+    deadletter = sub.add_parser("deadletter", help="inspect and replay dead letters")
+    dl_sub = deadletter.add_subparsers(dest="deadletter_command", required=True)
+    for name, helptext in (
+        ("list", "dead letters by reason, with recent examples"),
+        ("replay", "re-publish selected dead letters (optionally repaired) to the input topic"),
+    ):
+        command = dl_sub.add_parser(name, help=helptext)
+        command.add_argument(
+            "--reason",
+            metavar="PATTERN",
+            help="part of the reason, case-insensitive; * matches anything",
+        )
+        command.add_argument(
+            "--ids",
+            nargs="+",
+            type=_coordinates,
+            metavar="COORDS",
+            help="dead letters by PARTITION/OFFSET or TOPIC/PARTITION/OFFSET",
+        )
+        command.add_argument("--since", type=_time, help="ingested at or after this ISO time")
+        command.add_argument("--examples", type=_positive_int, default=10, metavar="N")
+    dl_list, dl_replay = dl_sub.choices["list"], dl_sub.choices["replay"]
+    dl_list.add_argument("--top", type=_positive_int, default=20, metavar="N")
+    dl_list.set_defaults(func=cmd_deadletter_list)
+    dl_replay.add_argument(
+        "--transform",
+        metavar="MODULE:FUNCTION",
+        help="repair each message first: FUNCTION(value: bytes, reason: str) -> bytes "
+        "(MODULE importable from here, or FILE.py:FUNCTION)",
+    )
+    dl_replay.add_argument("--dry-run", action="store_true", help="show what would be sent")
+    dl_replay.add_argument("--topic", help="target topic (default ASTRA_TOPIC_RAW)")
+    dl_replay.add_argument("--bootstrap", help="override ASTRA_KAFKA_BOOTSTRAP_SERVERS")
+    dl_replay.set_defaults(func=cmd_deadletter_replay)
+
     dev = sub.add_parser("dev", help="broker + simulator + dagster dev, one command")
     dev.add_argument("--port", type=int, default=3000)
     dev.add_argument("--broker-port", type=int, default=9092)
@@ -456,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = AstraSettings.from_env()
         return int(args.func(args, settings))
-    except (UsageError, SettingsError, AstraResourceError, ValueError) as error:
+    except (UsageError, SettingsError, AstraResourceError, ReplayError, ValueError) as error:
         sys.stderr.write(f"astra {args.command}: {error}\n")
         return 2
 

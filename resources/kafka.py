@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     Producer,
     TopicPartition,
 )
@@ -31,6 +33,7 @@ from resources.errors import KafkaUnavailable
 from resources.kafka_range import KafkaBatch, KafkaRangeReader, ProcessRangeReader
 
 __all__ = [
+    "Outgoing",
     "DeadLetter",
     "DeadLetterPublisher",
     "KafkaBatch",
@@ -211,6 +214,25 @@ class DeadLetterPublisher:
                 raise KafkaUnavailable(f"producing to {self.topic}: {error}") from error
 
 
+def header_value(message: Message, name: str) -> str | None:
+    """The message's first header called ``name``, as text (None if absent)."""
+    headers: list[tuple[str, bytes | None]] = message.headers() or []  # type: ignore[assignment]
+    for key, value in headers:
+        if key == name:
+            return value.decode(errors="replace") if value is not None else ""
+    return None
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message to publish, with an id to learn where it landed."""
+
+    id: str
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]]
+
+
 class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """The Kafka cluster the events come from (the embedded broker or any Kafka)."""
 
@@ -382,6 +404,96 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         )
         yield DeadLetterPublisher(producer, topic, table)
         producer.flush(30)
+
+    def publish_acknowledged(
+        self, topic: str, messages: Iterable[Outgoing]
+    ) -> dict[str, tuple[int, int]]:
+        """Publish through an idempotent producer (acks=all, retries add no copies) and
+        wait for every acknowledgement: per message id, its (partition, offset). Raises
+        KafkaUnavailable if any message was not acknowledged."""
+        landed: dict[str, tuple[int, int]] = {}
+        failures: list[str] = []
+
+        def callback(message_id: str) -> Callable[[KafkaError | None, Message], None]:
+            def delivered(error: KafkaError | None, message: Message) -> None:
+                if error is not None:
+                    failures.append(error.str())
+                else:
+                    landed[message_id] = (message.partition() or 0, message.offset() or 0)
+
+            return delivered
+
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap_servers,
+                "enable.idempotence": True,
+                "message.max.bytes": LIBRDKAFKA_MAX_MESSAGE_BYTES,
+                "log_level": 3,
+            }
+        )
+        for message in messages:
+            while True:
+                try:
+                    producer.produce(
+                        topic,
+                        value=message.value,
+                        key=message.key,
+                        headers=message.headers,
+                        on_delivery=callback(message.id),
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+                except KafkaException as error:
+                    raise KafkaUnavailable(f"producing to {topic}: {error}") from error
+        remaining = producer.flush(self.timeout_s * 4)
+        if remaining or failures:
+            first = failures[0] if failures else "no acknowledgement in time"
+            raise KafkaUnavailable(
+                f"{remaining + len(failures)} messages to {topic} not acknowledged: {first}"
+            )
+        return landed
+
+    def find_header_values(
+        self, topic: str, start_offsets: Mapping[int, int], header: str, wanted: set[str]
+    ) -> dict[str, tuple[int, int]]:
+        """Where messages carrying ``header`` with one of the ``wanted`` values are in
+        ``topic`` from ``start_offsets`` on: value -> (partition, offset).
+
+        Reads to the partitions' reported ends and then on until a second of silence:
+        the embedded broker's reported end can trail the log by one producer batch, and
+        a message missed here would be sent twice by the caller."""
+        found: dict[str, tuple[int, int]] = {}
+        if not wanted or not start_offsets:
+            return found
+        consumer = self._consumer()
+        ends = self.high_watermarks(topic)
+        position = dict(start_offsets)
+        try:
+            consumer.assign([TopicPartition(topic, p, o) for p, o in start_offsets.items()])
+            quiet_since = None
+            while len(found) < len(wanted):
+                messages = consumer.consume(num_messages=10_000, timeout=0.2)
+                for message in messages:
+                    if message.error() is not None:
+                        continue
+                    partition, offset = message.partition() or 0, message.offset() or 0
+                    position[partition] = offset + 1
+                    text = header_value(message, header)
+                    if text is not None and text in wanted:
+                        found[text] = (partition, offset)
+                at_end = all(position.get(p, 0) >= end for p, end in ends.items())
+                if messages or not at_end:
+                    quiet_since = None
+                elif quiet_since is None:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= 1.0:
+                    break
+        except KafkaException as error:
+            raise KafkaUnavailable(f"reading {topic}: {error}") from error
+        finally:
+            consumer.close()
+        return found
 
     def create_topics(self, partitions_by_topic: Mapping[str, int]) -> list[str]:
         """Create missing topics; returns the names that were created."""

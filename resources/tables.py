@@ -29,6 +29,7 @@ ANOMALY_SCORES = "ml.anomaly_scores"
 ALERTS = "ml.alerts"
 ALERT_PUBLICATIONS = "ops.alert_publications"
 SCORING_PARTITIONS = "ops.scoring_partitions"
+DEADLETTER_REPLAYS = "ops.deadletter_replays"
 
 SCHEMAS = ("raw", "clean", "agg", "features", "ml", "ops")
 
@@ -352,5 +353,31 @@ DDL = (
         decline_start TIMESTAMPTZ NOT NULL,
         stop TIMESTAMPTZ NOT NULL,
         simulation VARCHAR NOT NULL
+    )""",
+    # Dead letters sent again (`astra deadletter replay`): one row per dead letter, so a
+    # dead letter is replayed at most once (the key); the row is claimed with the message
+    # it will publish before anything is sent, and gets where the message landed once the
+    # broker acknowledged it. A replay that dies in between is settled by finding its
+    # replay_id header on the target topic from search_from (the topic's ends before
+    # sending). The replayed message's own outcome (clean, or a dead letter again) is
+    # found by its coordinates: target_topic/target_partition/target_offset.
+    f"""
+    CREATE TABLE IF NOT EXISTS {DEADLETTER_REPLAYS} (
+        source_topic VARCHAR NOT NULL,
+        source_partition INTEGER NOT NULL,
+        source_offset BIGINT NOT NULL,
+        replay_id VARCHAR NOT NULL,
+        attempt_id VARCHAR NOT NULL,
+        target_topic VARCHAR NOT NULL,
+        "key" BLOB,
+        "value" BLOB NOT NULL,
+        reason VARCHAR NOT NULL,
+        transform VARCHAR,
+        search_from JSON NOT NULL,
+        claimed_at TIMESTAMPTZ NOT NULL,
+        target_partition INTEGER,
+        target_offset BIGINT,
+        published_at TIMESTAMPTZ,
+        PRIMARY KEY (source_topic, source_partition, source_offset)
     )""",
 )
