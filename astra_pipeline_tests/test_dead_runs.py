@@ -52,6 +52,9 @@ def daemon_env(broker: EmbeddedBroker, topic: str, tmp_path: Path) -> Iterator[d
         # kill lands inside the pooled step, between or inside batch transactions.
         "ASTRA_MAX_BATCH_SIZE": "2000",
     }
+    # Create the SQLite instance storage before the daemon starts: two processes creating
+    # it at once can both stamp its schema version ("more than one head present").
+    dg.DagsterInstance.from_config(str(home)).dispose()
     log = (tmp_path / "daemon.log").open("wb")
     daemon = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
