@@ -52,7 +52,6 @@ KEEP_MARKER = "<!-- other benchmarks: kept when bench/ingest.py rewrites this fi
 CHILD = r"""
 import json, resource, sys, time
 from astra_pipeline.assets.ingest import IngestConfig, drain
-from embedded_daemon import INSTANCE_YAML, embedded_daemon
 from resources.kafka import KafkaResource
 from resources.kafka_range import ProcessRangeReader
 from resources.warehouse import DuckDBWarehouseResource
