@@ -1,18 +1,18 @@
 """Jobs are selections over the asset graph."""
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from astra_pipeline.assets.alerts import ALERTS_KEY
 from astra_pipeline.assets.features import CHURN_FEATURES
 from astra_pipeline.assets.ingest import IngestConfig
 from astra_pipeline.assets.scoring import ANOMALY_SCORES_KEY, CHURN_SCORES_KEY
 from astra_pipeline.assets.windows import WINDOWED_AGGREGATES, WindowsConfig
+from resources.dagster_internals import AssetJob
 
 INGEST_JOB_NAME = "ingest_events_job"
 
 
-def build_ingest_job(config: IngestConfig) -> UnresolvedAssetJobDefinition:
+def build_ingest_job(config: IngestConfig) -> AssetJob:
     """The ingest job, its default run config taken from the settings.
 
     A run drains Kafka (the unpartitioned ingest assets), then refreshes the
@@ -47,7 +47,7 @@ def build_ingest_job(config: IngestConfig) -> UnresolvedAssetJobDefinition:
 WINDOWS_JOB_NAME = "aggregate_windows_job"
 
 
-def build_windows_job() -> UnresolvedAssetJobDefinition:
+def build_windows_job() -> AssetJob:
     """Re-materialize hourly partitions (one, or a range in a single run) and check them."""
     return dg.define_asset_job(
         WINDOWS_JOB_NAME,
@@ -60,7 +60,7 @@ def build_windows_job() -> UnresolvedAssetJobDefinition:
 ANOMALY_JOB_NAME = "score_anomalies_job"
 
 
-def build_anomaly_job() -> UnresolvedAssetJobDefinition:
+def build_anomaly_job() -> AssetJob:
     """Score and alert the hours whose aggregates were refreshed (one run per range)."""
     return dg.define_asset_job(
         ANOMALY_JOB_NAME,
@@ -74,7 +74,7 @@ def build_anomaly_job() -> UnresolvedAssetJobDefinition:
 CHURN_JOB_NAME = "score_churn_job"
 
 
-def build_churn_job() -> UnresolvedAssetJobDefinition:
+def build_churn_job() -> AssetJob:
     """One day's churn features and scores (or a range of days in a single run)."""
     return dg.define_asset_job(
         CHURN_JOB_NAME,

@@ -84,7 +84,7 @@ def examples(session: WarehouseSession, selection: Selection, limit: int) -> pl.
     where, params = selection.where()
     return session.query(
         f'SELECT {_COORDS}, d.ingested_at, d.reason, octet_length(d."value") AS value_bytes, '
-        'left(decode(d."value"[1:80], \'replace\'), 80) AS value_preview, '
+        "left(decode(d.\"value\"[1:80], 'replace'), 80) AS value_preview, "
         "CASE WHEN r.replay_id IS NULL THEN NULL ELSE r.target_topic || '/' || "
         "coalesce(r.target_partition::VARCHAR, '?') || '/' || "
         "coalesce(r.target_offset::VARCHAR, '?') END AS replayed_as, "

@@ -13,8 +13,7 @@ worker is gone; a server that does not answer is asked about through the worker'
 process id when the server was on this machine (a worker can outlive its server).
 
 Dagster has no public API for the health check's parts (the launcher's gRPC client, the
-request types, the result type): the private imports below are the only ones in the
-project, and this module is the one place to change when Dagster changes them.
+request types, the result type): they come from resources/dagster_internals.py.
 """
 
 from __future__ import annotations
@@ -24,12 +23,17 @@ import os
 from typing import Any
 
 import dagster as dg
-from dagster._core.errors import DagsterUserCodeUnreachableError
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
-from dagster._core.storage.tags import GRPC_INFO_TAG
-from dagster._grpc.client import DagsterGrpcClient
-from dagster._grpc.types import CanCancelExecutionRequest, CanCancelExecutionResult
-from dagster._serdes import deserialize_value
+
+from resources.dagster_internals import (
+    GRPC_INFO_TAG,
+    CanCancelExecutionRequest,
+    CanCancelExecutionResult,
+    CheckRunHealthResult,
+    DagsterGrpcClient,
+    DagsterUserCodeUnreachableError,
+    WorkerStatus,
+    deserialize_value,
+)
 
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
 _ASK_TIMEOUT_S = 10

@@ -9,7 +9,8 @@ has just ended instead, once its late events have had a quarter of an hour to ar
 import datetime as dt
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from resources.dagster_internals import AssetJob
 
 CRON = "15 0 * * *"
 """00:15 UTC every day."""
@@ -20,9 +21,7 @@ def previous_day_key(scheduled: dt.datetime) -> str:
     return (scheduled.astimezone(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
 
 
-def build_churn_schedule(
-    job: UnresolvedAssetJobDefinition, running_by_default: bool
-) -> dg.ScheduleDefinition:
+def build_churn_schedule(job: AssetJob, running_by_default: bool) -> dg.ScheduleDefinition:
     @dg.schedule(
         name="churn_daily_schedule",
         job=job,

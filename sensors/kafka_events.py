@@ -12,12 +12,12 @@ import hashlib
 import time
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from pydantic import BaseModel
 
 from astra_pipeline.assets.ingest import RAW_EVENTS
 from astra_pipeline.assets.windows import partition_key
 from astra_pipeline.jobs import INGEST_JOB_NAME
+from resources.dagster_internals import AssetJob
 from resources.kafka import KafkaResource
 
 # Record the lag for the UI at most this often while it does not change.
@@ -65,7 +65,7 @@ def build_kafka_events_sensor(
     topic: str,
     interval_s: int,
     running_by_default: bool,
-    job: UnresolvedAssetJobDefinition,
+    job: AssetJob,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name="kafka_events_sensor",

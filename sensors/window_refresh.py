@@ -23,13 +23,6 @@ from collections.abc import Callable
 
 import dagster as dg
 from dagster import DagsterInstance, EventLogRecord
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
-    PRIORITY_TAG,
-)
 from pydantic import BaseModel
 
 from astra_pipeline.assets.ingest import CLEANED_EVENTS
@@ -42,6 +35,13 @@ from astra_pipeline.assets.windows import (
 )
 from astra_pipeline.jobs import INGEST_JOB_NAME
 from astra_pipeline.transforms.partition_windows import contiguous_ranges
+from resources.dagster_internals import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+    PARTITION_NAME_TAG,
+    PRIORITY_TAG,
+    AssetJob,
+)
 
 HOUR = dt.timedelta(hours=1)
 FETCH_LIMIT = 1_000
@@ -87,7 +87,7 @@ def _hour_ranges_sensor(
     *,
     name: str,
     description: str,
-    job: UnresolvedAssetJobDefinition,
+    job: AssetJob,
     running_by_default: bool,
     interval_s: int,
     source: dg.AssetKey,
@@ -248,7 +248,7 @@ def _materialized_hours(
 
 
 def build_windows_sensor(
-    job: UnresolvedAssetJobDefinition, running_by_default: bool, interval_s: int = 2
+    job: AssetJob, running_by_default: bool, interval_s: int = 2
 ) -> dg.SensorDefinition:
     return _hour_ranges_sensor(
         name="cleaned_events_windows_sensor",
@@ -268,7 +268,7 @@ run at a lower CPU priority (niceness 10) so that ingest runs get the cores firs
 
 
 def build_scoring_sensor(
-    job: UnresolvedAssetJobDefinition, running_by_default: bool, interval_s: int = 60
+    job: AssetJob, running_by_default: bool, interval_s: int = 60
 ) -> dg.SensorDefinition:
     """Scores follow the aggregates: the hours whose windowed_aggregates were materialized
     since the cursor get anomaly scores and alerts, one run per contiguous range. A

@@ -23,10 +23,10 @@ touched themselves (or backfilled).
 import datetime as dt
 import time
 import warnings
+from typing import Any
 
 import dagster as dg
 import polars as pl
-from dagster._core.definitions.metadata import RawMetadataValue
 from pydantic import Field
 
 from astra_pipeline.assets.features import CHURN_FEATURES, DAILY, day_start, days_of
@@ -148,9 +148,9 @@ def _training_rows(
     return train, labels, today, reason
 
 
-def _metrics_metadata(metrics: ChurnMetrics) -> dict[str, RawMetadataValue]:
+def _metrics_metadata(metrics: ChurnMetrics) -> dict[str, Any]:
     values = metrics.as_dict()
-    out: dict[str, RawMetadataValue] = {
+    out: dict[str, Any] = {
         "precision": round(metrics.precision, 4),
         "recall": round(metrics.recall, 4),
         "threshold": round(metrics.threshold, 4),
@@ -192,7 +192,7 @@ def churn_scores(
     started = time.monotonic()
     warehouse.ensure_schema()
     per_day: dict[str, dict[str, object]] = {}
-    last_metadata: dict[str, RawMetadataValue] = {}
+    last_metadata: dict[str, Any] = {}
     scored_total = 0
     for day in days_of(context.partition_time_window):
         with warehouse.transaction() as tx:
@@ -249,7 +249,7 @@ def churn_scores(
             last_metadata = {"status": "skipped", "skip_reason": reason, "scored_users": 0}
             per_day[day.isoformat()] = {"status": "skipped", "skip_reason": reason}
             context.log.warning(f"{day}: not scored: {reason}")
-    metadata: dict[str, RawMetadataValue] = {
+    metadata: dict[str, Any] = {
         "dagster/row_count": scored_total,
         "days": len(per_day),
         "days_skipped": sum(d["status"] == "skipped" for d in per_day.values()),
