@@ -12,6 +12,7 @@ import dagster as dg
 from astra_pipeline.assets.ingest import IngestConfig, drain, ingest_events
 from astra_pipeline.checks.ingest import STATIC_CHECKS, make_dead_letter_rate_check
 from astra_pipeline_tests.helpers import counts, produce
+from resources.kafka import KafkaResource
 from resources.warehouse import BatchWriter, DuckDBWarehouseResource, WarehouseSession
 
 
@@ -216,3 +217,69 @@ def test_rows_are_stamped_when_their_transaction_holds_the_file(
     assert len(stamps) == len(opened) >= 4
     for stamp, ended_wait in zip(stamps, sorted(opened), strict=True):
         assert stamp >= ended_wait
+
+
+def test_resends_of_stored_events_touch_no_hour(
+    kafka: KafkaResource, topic: str, warehouse: DuckDBWarehouseResource
+) -> None:
+    """Touched hours come from the rows inserted: a resend of a stored event_id, even one
+    whose ts moved to another hour, is a duplicate and changes no window."""
+
+    def reading(event_id: str, ts: str) -> tuple[bytes, bytes]:
+        doc = {
+            "event_type": "sensor_reading",
+            "event_id": event_id,
+            "device_id": "dev-1",
+            "ts": ts,
+            "temperature_c": 20.0,
+            "humidity_pct": 40.0,
+            "battery_pct": 90.0,
+            "lat": 1.0,
+            "lon": 2.0,
+            "status": "ok",
+        }
+        return b"dev-1", json.dumps(doc).encode()
+
+    config = IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq")
+    kafka.produce_all(topic, [reading("a", "2026-11-23T07:10:00Z")])
+    first = drain(kafka, warehouse, config, None)
+    hour = dt.datetime(2026, 11, 23, 7, tzinfo=dt.UTC)
+    assert hour in first.touched_hours
+    # The same event again, claiming 03:10; and one new event at 05:10.
+    kafka.produce_all(
+        topic, [reading("a", "2026-11-23T03:10:00Z"), reading("b", "2026-11-23T05:10:00Z")]
+    )
+    second = drain(kafka, warehouse, config, None)
+    assert second.duplicates == 1
+    touched = {h.hour for h in second.touched_hours}
+    assert 5 in touched
+    assert 3 not in touched  # the resend's claimed hour: nothing was inserted there
+
+
+def test_row_count_is_the_tables_and_the_runs_figures_have_their_own_keys(
+    kafka: KafkaResource, topic: str, warehouse: DuckDBWarehouseResource
+) -> None:
+    config = IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq")
+    run_config = dg.RunConfig({"ingest_events": config})
+    first = produce(kafka, topic, 800, seed=31, malformed_fraction=0.05)
+    dg.materialize(
+        [ingest_events], resources={"kafka": kafka, "warehouse": warehouse}, run_config=run_config
+    )
+    second = produce(kafka, topic, 300, seed=32, malformed_fraction=0.05)
+    result = dg.materialize(
+        [ingest_events],
+        resources={"kafka": kafka, "warehouse": warehouse},
+        run_config=run_config,
+    )
+    meta = {
+        m.asset_key.to_user_string(): {k: v.value for k, v in m.materialization.metadata.items()}
+        for m in result.get_asset_materialization_events()
+    }
+    assert meta["raw_events"]["dagster/row_count"] == first["total"] + second["total"]
+    assert meta["raw_events"]["messages"] == second["total"]
+    clean = first["unique_valid"] + second["unique_valid"]
+    assert meta["cleaned_events"]["dagster/row_count"] == clean
+    assert meta["cleaned_events"]["inserted"] == second["unique_valid"]
+    dead = first["malformed"] + second["malformed"]
+    assert meta["dead_letter_events"]["dagster/row_count"] == dead
+    assert meta["dead_letter_events"]["rejected"] == second["malformed"]

@@ -48,6 +48,8 @@ class BatchWritten:
     dead_letters: int
     duplicates: int
     """In-batch duplicates plus copies of event_ids stored by earlier batches."""
+    inserted_ts: pl.Series
+    """Event times of the clean rows inserted (not of resends dropped as duplicates)."""
 
 
 def next_offsets(session: WarehouseSession, topic: str) -> dict[int, int]:
@@ -58,6 +60,16 @@ def next_offsets(session: WarehouseSession, topic: str) -> dict[int, int]:
         [topic],
     )
     return {int(p): int(o) for p, o in frame.rows()}
+
+
+def table_rows(session: WarehouseSession) -> dict[str, int]:
+    """Rows in the ingest assets' tables: raw_events, cleaned_events (both clean tables)
+    and dead_letter_events."""
+    raw, clean, dead = session.query(
+        f"SELECT (SELECT count(*) FROM {RAW_EVENTS}), (SELECT count(*) FROM {SENSOR_READINGS})"
+        f" + (SELECT count(*) FROM {USER_ACTIVITY}), (SELECT count(*) FROM {DEAD_LETTER_EVENTS})"
+    ).row(0)
+    return {"raw_events": raw, "cleaned_events": clean, "dead_letter_events": dead}
 
 
 def write_batch(
@@ -84,10 +96,10 @@ def write_batch(
             f"(partition: (ledger next, batch start)) {moved}; the batch is discarded"
         )
     session.append(RAW_EVENTS, rows.raw_events)
-    kept_sensors, late_sensor_dups = _insert_new_events(
+    sensor_ts, late_sensor_dups = _insert_new_events(
         session, SENSOR_READINGS, "sensor_reading", rows.sensor_readings
     )
-    kept_users, late_user_dups = _insert_new_events(
+    user_ts, late_user_dups = _insert_new_events(
         session, USER_ACTIVITY, "user_activity", rows.user_activity
     )
     session.append(DEAD_LETTER_EVENTS, rows.dead_letters)
@@ -120,10 +132,11 @@ def write_batch(
     )
     session.append(INGEST_LEDGER, ledger)
     return BatchWritten(
-        sensor_readings=kept_sensors,
-        user_activity=kept_users,
+        sensor_readings=sensor_ts.len(),
+        user_activity=user_ts.len(),
         dead_letters=rows.dead_letters.height,
         duplicates=rows.duplicates.height + late_sensor_dups + late_user_dups,
+        inserted_ts=pl.concat([sensor_ts, user_ts]),
     )
 
 
@@ -133,10 +146,11 @@ def _count(raw: pl.DataFrame, partition: int) -> int:
 
 def _insert_new_events(
     session: WarehouseSession, table: str, event_type: str, frame: pl.DataFrame
-) -> tuple[int, int]:
-    """Insert events whose event_id is not stored yet; record the others as duplicates."""
+) -> tuple[pl.Series, int]:
+    """Insert events whose event_id is not stored yet; record the others as duplicates.
+    Returns the inserted rows' event times and the number of stored duplicates."""
     if frame.height == 0:
-        return 0, 0
+        return pl.Series("ts", [], dtype=pl.Datetime("us", "UTC")), 0
     with session.with_frame("_batch_events", frame):
         # DuckDB answers an INSERT with the number of rows it inserted.
         late_duplicates = int(
@@ -148,8 +162,8 @@ def _insert_new_events(
                 [event_type],
             )
         )
-        session.execute(
+        inserted = session.frame(
             f"INSERT INTO {table} BY NAME SELECT * FROM _batch_events AS b WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {table} AS t WHERE t.event_id = b.event_id)"
+            f"(SELECT 1 FROM {table} AS t WHERE t.event_id = b.event_id) RETURNING ts"
         )
-    return frame.height - late_duplicates, late_duplicates
+    return inserted.get_column("ts").cast(pl.Datetime("us", "UTC")), late_duplicates

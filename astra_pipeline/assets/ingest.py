@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
 from astra_pipeline.transforms.windows import touched_hours
-from resources.ingest_store import BatchRows, next_offsets, write_batch
+from resources.errors import WarehouseError, WarehouseLocked
+from resources.ingest_store import BatchRows, next_offsets, table_rows, write_batch
 from resources.kafka import (
     DeadLetter,
     DeadLetterPublisher,
@@ -190,9 +190,9 @@ def _ingest_one(
     totals.dead_letters += written.dead_letters
     totals.duplicates += written.duplicates
     totals.fast_path_rows += frames.fast_path_rows
-    totals.touched_hours.update(
-        touched_hours(pl.concat([frames.sensor_readings["ts"], frames.user_activity["ts"]]))
-    )
+    # From what was inserted: a resend of a stored event (even with another ts) is
+    # dropped as a duplicate and changes no window.
+    totals.touched_hours.update(touched_hours(written.inserted_ts))
 
 
 def build_ingest_events(defaults: IngestConfig) -> dg.AssetsDefinition:
@@ -252,9 +252,11 @@ def build_ingest_events(defaults: IngestConfig) -> dg.AssetsDefinition:
             # touched hours drive the windows refresh, and the next run starts after
             # them), then fail.
             if totals.batches:
-                yield from _results(totals, round(time.monotonic() - started, 3))
+                seconds = round(time.monotonic() - started, 3)
+                yield from _results(totals, seconds, _table_rows(warehouse, context.log))
             raise
-        yield from _results(totals, round(time.monotonic() - started, 3))
+        seconds = round(time.monotonic() - started, 3)
+        yield from _results(totals, seconds, _table_rows(warehouse, context.log))
 
     return ingest_events
 
@@ -263,12 +265,34 @@ ingest_events = build_ingest_events(IngestConfig())
 """With the class defaults: for tests that pass their own run config."""
 
 
-def _results(totals: IngestTotals, seconds: float) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]
+def _table_rows(
+    warehouse: DuckDBWarehouseResource, log: dg.DagsterLogManager
+) -> dict[str, int] | None:
+    """The tables' row counts after the run, or None (and a warning) if the warehouse
+    cannot be read now: better no row count in the UI than a wrong one."""
+    try:
+        with warehouse.session() as session:
+            return table_rows(session)
+    except (WarehouseError, WarehouseLocked) as error:
+        log.warning(f"row counts not recorded: {error}")
+        return None
+
+
+def _results(
+    totals: IngestTotals, seconds: float, tables: dict[str, int] | None
+) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]
+    """The run's figures per asset. ``dagster/row_count`` is the table's (what the UI
+    calls "Row count"); what this run added is under its own keys."""
+
+    def row_count(name: str) -> dict[str, int]:
+        return {"dagster/row_count": tables[name]} if tables is not None else {}
+
     rate = round(totals.messages / seconds, 1) if seconds else 0.0
     yield dg.MaterializeResult(
         asset_key=RAW_EVENTS,
         metadata={
-            "dagster/row_count": totals.messages,
+            **row_count("raw_events"),
+            "messages": totals.messages,
             "batches": totals.batches,
             "seconds": seconds,
             "events_per_second": rate,
@@ -281,7 +305,8 @@ def _results(totals: IngestTotals, seconds: float) -> Iterator[dg.MaterializeRes
     yield dg.MaterializeResult(
         asset_key=CLEANED_EVENTS,
         metadata={
-            "dagster/row_count": totals.sensor_readings + totals.user_activity,
+            **row_count("cleaned_events"),
+            "inserted": totals.sensor_readings + totals.user_activity,
             "sensor_readings": totals.sensor_readings,
             "user_activity": totals.user_activity,
             "duplicates": totals.duplicates,
@@ -294,5 +319,5 @@ def _results(totals: IngestTotals, seconds: float) -> Iterator[dg.MaterializeRes
     )
     yield dg.MaterializeResult(
         asset_key=DEAD_LETTER_EVENTS,
-        metadata={"dagster/row_count": totals.dead_letters, "rejected": totals.dead_letters},
+        metadata={**row_count("dead_letter_events"), "rejected": totals.dead_letters},
     )
