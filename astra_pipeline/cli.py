@@ -10,13 +10,15 @@ import argparse
 import datetime as dt
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import polars as pl
 
@@ -24,6 +26,7 @@ from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES, partition
 from astra_pipeline.events import json_schema_text
 from astra_pipeline.replay import ReplayError, load_repair, replay
 from astra_pipeline.simulator import ANOMALY_KINDS, Simulation, SimulatorConfig
+from astra_pipeline.table_output import FORMATS, render
 from resources.broker import EmbeddedBroker
 from resources.dagster_api import DagsterGraphQL
 from resources.deadletter_store import Selection, examples, summary
@@ -103,10 +106,13 @@ def cmd_simulate(args: argparse.Namespace, settings: AstraSettings) -> int:
         start = now - dt.timedelta(hours=args.span_hours)
     else:
         start = now if rate else now - dt.timedelta(milliseconds=total)
+    # Event ids follow from the seed: a fresh one unless asked, so two simulations never
+    # produce the same ids (which ingest would drop as duplicates); printed to repeat it.
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     config = SimulatorConfig(
         devices=args.devices,
         users=args.users,
-        seed=args.seed,
+        seed=seed,
         malformed_fraction=args.malformed,
         duplicate_fraction=args.duplicates,
         late_fraction=args.late,
@@ -131,10 +137,10 @@ def cmd_simulate(args: argparse.Namespace, settings: AstraSettings) -> int:
             counts[message.kind] = counts.get(message.kind, 0) + 1
             if index % 5_000 == 0:
                 producer.poll()
-    summary: dict[str, object] = {"produced": total, **counts}
+    summary: dict[str, object] = {"produced": total, "seed": seed, **counts}
     if args.truth:
         # Event ids depend on the seed alone: a re-run of a seed replaces its truth.
-        name = f"seed-{args.seed}"
+        name = f"seed-{seed}"
         anomalies, declining = truth_frames(simulation.ground_truth, name)
         warehouse = _warehouse(settings)
         record_ground_truth(warehouse, anomalies, declining)
@@ -190,14 +196,10 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
 
 
 def cmd_sql(args: argparse.Namespace, settings: AstraSettings) -> int:
+    if not args.query.strip():
+        raise UsageError('give a query, e.g. astra sql "SELECT count(*) FROM raw.events"')
     frame = _warehouse(settings, args.db).query(args.query)
-    if args.format == "csv":
-        sys.stdout.write(frame.write_csv())
-    elif args.format == "json":
-        sys.stdout.write(frame.write_json() + "\n")
-    else:
-        with pl.Config(tbl_rows=args.max_rows, tbl_cols=-1, fmt_str_lengths=60):
-            sys.stdout.write(f"{frame}\n")
+    sys.stdout.write(render(frame, args.format, args.max_rows))
     return 0
 
 
@@ -444,6 +446,37 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _number(minimum: float, inclusive: bool) -> Callable[[str], float]:
+    """A float type for argparse that names the bound (argparse adds the flag)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        ok = value >= minimum if inclusive else value > minimum
+        if not ok:  # also NaN
+            bound = f"at least {minimum:g}" if inclusive else f"more than {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number {bound}")
+        return value
+
+    return parse
+
+
+_non_negative = _number(0.0, inclusive=True)
+_positive = _number(0.0, inclusive=False)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 1:
@@ -451,8 +484,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line naming the flag, exit code 2 (argparse prints the usage
+    first, then the message: two lines or more)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="astra", description="AstraStream command line")
+    parser = _Parser(prog="astra", description="AstraStream command line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("schema", help="print the JSON Schema of the event contract").set_defaults(
@@ -460,27 +501,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     broker = sub.add_parser("broker", help="run the embedded Kafka-compatible broker")
-    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument("--port", type=_port, default=9092)
     broker.set_defaults(func=cmd_broker)
 
     sim = sub.add_parser("simulate", help="produce simulated events to Kafka")
-    sim.add_argument("--count", type=int)
-    sim.add_argument("--duration", type=float, help="seconds (with --rate)")
-    sim.add_argument("--rate", type=float, default=0.0, help="events/s; 0 = as fast as possible")
+    sim.add_argument("--count", type=_positive_int)
+    sim.add_argument("--duration", type=_positive, help="seconds (with --rate)")
+    sim.add_argument(
+        "--rate", type=_non_negative, default=0.0, help="events/s; 0 = as fast as possible"
+    )
     sim.add_argument(
         "--span-hours",
-        type=float,
+        type=_positive,
         help="as fast as possible, with event times spread over the last H hours",
     )
-    sim.add_argument("--devices", type=int, default=50)
-    sim.add_argument("--users", type=int, default=200)
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--devices", type=_positive_int, default=50)
+    sim.add_argument("--users", type=_positive_int, default=200)
+    sim.add_argument(
+        "--seed",
+        type=int,
+        help="repeat a simulation (same events and ids); default: a new seed, printed",
+    )
     sim.add_argument("--malformed", type=_fraction, default=0.0)
     sim.add_argument("--duplicates", type=_fraction, default=0.0)
     sim.add_argument("--late", type=_fraction, default=0.0)
     sim.add_argument(
         "--anomalies",
-        type=float,
+        type=_non_negative,
         default=0.0,
         metavar="RATE",
         help="injected sensor anomalies per device per simulated day (0 = none)",
@@ -502,14 +549,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
 
     ingest = sub.add_parser("ingest", help="drain Kafka into DuckDB once, in this process")
-    ingest.add_argument("--time-budget", type=float, default=60.0)
+    ingest.add_argument("--time-budget", type=_positive, default=60.0)
     ingest.add_argument("--bootstrap")
     ingest.set_defaults(func=cmd_ingest)
 
     sql = sub.add_parser("sql", help="run a read-only query against the warehouse")
     sql.add_argument("query")
-    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    sql.add_argument("--max-rows", type=int, default=50)
+    sql.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="table (fits the terminal), vertical (a record at a time), csv or json; "
+        "binary columns print as hex",
+    )
+    sql.add_argument("--max-rows", type=_positive_int, default=50)
     sql.add_argument("--db", help="override ASTRA_DUCKDB_PATH")
     sql.set_defaults(func=cmd_sql)
 
@@ -523,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--resume", metavar="BACKFILL_ID", help="resume a stopped backfill")
     backfill.add_argument("--url", help="Dagster webserver (default ASTRA_DAGSTER_URL)")
     backfill.add_argument(
-        "--wait", type=float, default=0, metavar="SECONDS", help="wait for it to finish"
+        "--wait", type=_non_negative, default=0, metavar="SECONDS", help="wait for it to finish"
     )
     backfill.set_defaults(func=cmd_backfill)
 
@@ -563,9 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl_replay.set_defaults(func=cmd_deadletter_replay)
 
     dev = sub.add_parser("dev", help="broker + simulator + dagster dev, one command")
-    dev.add_argument("--port", type=int, default=3000)
-    dev.add_argument("--broker-port", type=int, default=9092)
-    dev.add_argument("--rate", type=float, default=50.0)
+    dev.add_argument("--port", type=_port, default=3000)
+    dev.add_argument("--broker-port", type=_port, default=9092)
+    dev.add_argument("--rate", type=_positive, default=50.0)
     dev.set_defaults(func=cmd_dev)
     return parser
 

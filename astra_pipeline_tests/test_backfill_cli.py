@@ -191,6 +191,7 @@ def test_astra_backfill_runs_through_the_instance(ingested, kafka, tmp_path: Pat
     assert f"{url}/runs/b/" in done.stdout
     assert resume.returncode == 2
     assert resume.stderr.startswith("astra backfill: ") and resume.stderr.count("\n") == 1
+    assert "no backfill 'nosuchid'" in resume.stderr, resume.stderr
     in_windows, clean, partitions = window_counts(warehouse)
     assert in_windows == clean > 0
     assert partitions == HOURS + 1

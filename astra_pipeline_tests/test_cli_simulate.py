@@ -4,7 +4,10 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
 
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -56,3 +59,46 @@ def test_unknown_anomaly_kind_is_one_line() -> None:
     done = run(["--count", "10", "--anomaly-kinds", "spike,wobble"], dict(os.environ))
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "wobble" in done.stderr
+
+
+def _event_ids(bootstrap: str, topic: str) -> list[str]:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"ids-{topic}", "enable.partition.eof": True}
+    )
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    ids, ended = [], set()
+    try:
+        while len(ended) < len(partitions):
+            message = consumer.poll(5)
+            assert message is not None, "no end of partition"
+            if message.error():
+                ended.add(message.partition())
+            else:
+                ids.append(json.loads(message.value())["event_id"])
+    finally:
+        consumer.close()
+    return ids
+
+
+def test_simulations_without_a_seed_never_share_event_ids(broker) -> None:
+    """Two simulators on one topic (the dev one and a user's) must not collide: ingest
+    would drop the second one's events as duplicates. An explicit seed repeats a run."""
+    topics = {}
+    for name, args in {
+        "first": [],
+        "second": [],
+        "seed_a": ["--seed", "7"],
+        "seed_b": ["--seed", "7"],
+    }.items():
+        topic = f"seeds_{name}_{uuid.uuid4().hex[:6]}"
+        env = {**os.environ, "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+        done = run(["--count", "200", *args], {**env, "ASTRA_TOPIC_RAW": topic})
+        assert done.returncode == 0, done.stderr
+        topics[name] = (topic, json.loads(done.stdout)["seed"])
+    ids = {name: _event_ids(broker.bootstrap_servers, t) for name, (t, _) in topics.items()}
+    assert len(ids["first"]) == len(ids["second"]) == 200
+    assert not set(ids["first"]) & set(ids["second"])
+    assert topics["first"][1] != topics["second"][1]
+    assert sorted(ids["seed_a"]) == sorted(ids["seed_b"])
+    assert topics["seed_a"][1] == 7

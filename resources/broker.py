@@ -57,6 +57,16 @@ class EmbeddedBroker:
         return self._process.pid if self._process else None
 
     def start(self, timeout_s: float = 20.0) -> EmbeddedBroker:
+        # Another process on the port would answer the readiness check below in our
+        # broker's place (and ours would exit): refuse before starting.
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", self.port))
+            except OSError as error:
+                raise BrokerStartError(
+                    f"port {self.port} on 127.0.0.1 is taken ({error.strerror}): another "
+                    "broker may be running there; choose another port"
+                ) from None
         url = f"tcp://127.0.0.1:{self.port}"
         command = [
             broker_binary(),
@@ -89,7 +99,9 @@ class EmbeddedBroker:
                 )
             try:
                 admin.list_topics(timeout=1.0)
-                return
+                if self._process.poll() is None:
+                    return
+                continue  # answered by another process; ours has exited: report it above
             except KafkaException as error:
                 last_error = str(error)
                 time.sleep(0.1)

@@ -87,6 +87,12 @@ class DagsterGraphQL:
         return str(self._success(answer, "LaunchBackfillSuccess")["backfillId"])
 
     def resume_backfill(self, backfill_id: str) -> str:
+        try:
+            self.backfill_status(backfill_id)
+        except DagsterApiError as error:
+            if "BackfillNotFound" in str(error):
+                raise DagsterApiError(f"no backfill {backfill_id!r} on {self.url}") from None
+            raise
         answer = self._call(RESUME, {"id": backfill_id})["resumePartitionBackfill"]
         return str(self._success(answer, "ResumeBackfillSuccess")["backfillId"])
 

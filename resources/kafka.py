@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,13 @@ __all__ = [
     "KafkaRangeReader",
     "KafkaResource",
 ]
+
+# librdkafka's own log lines (a client retrying an unreachable broker writes one every
+# 50 ms to stderr) go to this logger, which keeps them: the failure itself reaches the
+# caller as a KafkaUnavailable with the reason. Not registered with logging, so it
+# changes no global logging configuration; attach a handler to see them.
+LIBRDKAFKA_LOG = logging.Logger("astra.librdkafka")
+LIBRDKAFKA_LOG.addHandler(logging.NullHandler())
 
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 """Apache Kafka's default max.message.bytes (topic) and message.max.bytes (broker)."""
@@ -259,7 +267,7 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         }
 
     def _consumer(self, **overrides: object) -> Consumer:
-        config = {**self.consumer_config(), **overrides}
+        config = {**self.consumer_config(), "logger": LIBRDKAFKA_LOG, **overrides}
         try:
             return Consumer(config)
         except KafkaException as error:
@@ -275,14 +283,28 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
         finally:
             consumer.close()
 
+    def _admin(self) -> AdminClient:
+        config: dict[str, object] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "log_level": 3,
+            "logger": LIBRDKAFKA_LOG,
+        }
+        return AdminClient(config)  # type: ignore[arg-type]
+
+    def _unreachable(self, doing: str, error: KafkaException) -> str:
+        reason = error.args[0].str() if error.args else str(error)
+        return (
+            f"{doing}: no answer from Kafka at {self.bootstrap_servers} within "
+            f"{self.timeout_s:.0f}s ({reason}); is the broker running? "
+            "(ASTRA_KAFKA_BOOTSTRAP_SERVERS)"
+        )
+
     def partitions(self, topic: str) -> list[int]:
         with self._short_consumer() as consumer:
             try:
                 metadata = consumer.list_topics(topic, timeout=self.timeout_s)
             except KafkaException as error:
-                raise KafkaUnavailable(
-                    f"listing {topic} on {self.bootstrap_servers}: {error}"
-                ) from error
+                raise KafkaUnavailable(self._unreachable(f"listing {topic}", error)) from error
         described = metadata.topics.get(topic)
         if described is None or described.error is not None or not described.partitions:
             reason = described.error.str() if described and described.error else "no partitions"
@@ -360,6 +382,7 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             "compression.type": "none",
             "enable.idempotence": False,
             "log_level": 3,
+            "logger": LIBRDKAFKA_LOG,
         }
         config.update(overrides)
         wrapper = KafkaProducer(Producer(config))
@@ -369,7 +392,7 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def max_message_bytes(self, topic: str) -> int | None:
         """The topic's max.message.bytes, or None when the broker does not report it
         (the embedded broker reports no configs and takes any size)."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 3})
+        admin = self._admin()
         resource = ConfigResource(ResourceType.TOPIC, topic)
         try:
             configs = admin.describe_configs([resource])[resource].result(timeout=self.timeout_s)
@@ -400,6 +423,7 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 "linger.ms": 20,
                 "message.max.bytes": producer_limit,
                 "log_level": 3,
+                "logger": LIBRDKAFKA_LOG,
             }
         )
         yield DeadLetterPublisher(producer, topic, table)
@@ -429,6 +453,7 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 "enable.idempotence": True,
                 "message.max.bytes": LIBRDKAFKA_MAX_MESSAGE_BYTES,
                 "log_level": 3,
+                "logger": LIBRDKAFKA_LOG,
             }
         )
         for message in messages:
@@ -497,13 +522,11 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
 
     def create_topics(self, partitions_by_topic: Mapping[str, int]) -> list[str]:
         """Create missing topics; returns the names that were created."""
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 3})
+        admin = self._admin()
         try:
             existing = set(admin.list_topics(timeout=self.timeout_s).topics)
         except KafkaException as error:
-            raise KafkaUnavailable(
-                f"listing topics on {self.bootstrap_servers}: {error}"
-            ) from error
+            raise KafkaUnavailable(self._unreachable("listing topics", error)) from error
         wanted = [
             NewTopic(name, num_partitions=count, replication_factor=1)
             for name, count in partitions_by_topic.items()

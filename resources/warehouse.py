@@ -61,7 +61,9 @@ class WarehouseSession:
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         try:
             rows = self._con.execute(sql, params)
-            names = [d[0] for d in rows.description or []]
+            if rows is None or rows.description is None:  # no statement, or no result set
+                return pl.DataFrame()
+            names = [d[0] for d in rows.description]
             return pl.DataFrame(rows.fetchall(), schema=names, orient="row")
         except duckdb.Error as error:
             raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
