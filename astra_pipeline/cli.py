@@ -55,6 +55,7 @@ def _kafka(settings: AstraSettings, bootstrap: str | None = None) -> KafkaResour
     return KafkaResource(
         bootstrap_servers=bootstrap or settings.kafka_bootstrap_servers,
         consumer_group=settings.consumer_group,
+        timeout_s=settings.kafka_timeout_s,
     )
 
 

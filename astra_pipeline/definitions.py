@@ -99,6 +99,7 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
             "kafka": KafkaResource(
                 bootstrap_servers=settings.kafka_bootstrap_servers,
                 consumer_group=settings.consumer_group,
+                timeout_s=settings.kafka_timeout_s,
             ),
             "warehouse": DuckDBWarehouseResource(
                 path=str(settings.duckdb_path), lock_timeout_s=settings.duckdb_lock_timeout_s

@@ -7,8 +7,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from astra_pipeline import cli
 from resources.warehouse import DuckDBWarehouseResource
 
 BIN = Path(sys.executable).parent
@@ -81,9 +83,12 @@ def _event_ids(bootstrap: str, topic: str) -> list[str]:
     return ids
 
 
-def test_simulations_without_a_seed_never_share_event_ids(broker) -> None:
+def test_simulations_without_a_seed_never_share_event_ids(
+    broker, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Two simulators on one topic (the dev one and a user's) must not collide: ingest
     would drop the second one's events as duplicates. An explicit seed repeats a run."""
+    monkeypatch.setenv("ASTRA_KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers)
     topics = {}
     for name, args in {
         "first": [],
@@ -92,10 +97,9 @@ def test_simulations_without_a_seed_never_share_event_ids(broker) -> None:
         "seed_b": ["--seed", "7"],
     }.items():
         topic = f"seeds_{name}_{uuid.uuid4().hex[:6]}"
-        env = {**os.environ, "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
-        done = run(["--count", "200", *args], {**env, "ASTRA_TOPIC_RAW": topic})
-        assert done.returncode == 0, done.stderr
-        topics[name] = (topic, json.loads(done.stdout)["seed"])
+        monkeypatch.setenv("ASTRA_TOPIC_RAW", topic)
+        assert cli.main(["simulate", "--count", "200", *args]) == 0
+        topics[name] = (topic, json.loads(capsys.readouterr().out)["seed"])
     ids = {name: _event_ids(broker.bootstrap_servers, t) for name, (t, _) in topics.items()}
     assert len(ids["first"]) == len(ids["second"]) == 200
     assert not set(ids["first"]) & set(ids["second"])

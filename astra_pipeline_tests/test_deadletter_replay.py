@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from astra_pipeline import cli
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.replay import REPLAY_ID_HEADER, REPLAY_OF_HEADER, replay
 from resources.broker import EmbeddedBroker
@@ -249,7 +250,13 @@ def test_a_replay_killed_midway_and_run_again_sends_each_dead_letter_once(
 
 
 def test_cli_lists_and_replays_with_a_repair_file(
-    broken: str, broker: EmbeddedBroker, kafka: KafkaResource, warehouse, tmp_path: Path
+    broken: str,
+    broker: EmbeddedBroker,
+    kafka: KafkaResource,
+    warehouse,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     repair = tmp_path / "repair.py"
     repair.write_text(
@@ -259,29 +266,36 @@ def test_cli_lists_and_replays_with_a_repair_file(
         "    doc['ts'] = '2026-11-23T07:00:00Z'\n"
         "    return json.dumps(doc).encode()\n"
     )
-    env = {
-        **os.environ,
+    for name, value in {
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "ASTRA_DUCKDB_PATH": warehouse.path,
         "ASTRA_TOPIC_RAW": broken,
         "ASTRA_CONSUMER_GROUP": kafka.consumer_group,
-    }
-    astra = str(Path(sys.executable).parent / "astra")
+    }.items():
+        monkeypatch.setenv(name, value)
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([astra, *args], env=env, capture_output=True, text=True, timeout=60)
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exit_:
+            code = int(exit_.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
 
-    listed = run("deadletter", "list", "--reason", "ISO-8601")
-    assert listed.returncode == 0, listed.stderr
-    assert "ISO-8601" in listed.stdout
-    dry = run(
-        "deadletter", "replay", "--reason", "ISO-8601", "--transform", f"{repair}:fix", "--dry-run"
+    code, out, err = run("deadletter", "list", "--reason", "ISO-8601")
+    assert code == 0, err
+    assert "ISO-8601" in out
+    fix = f"{repair}:fix"
+    code, out, err = run(
+        "deadletter", "replay", "--reason", "ISO-8601", "--transform", fix, "--dry-run"
     )
-    assert dry.returncode == 0, dry.stderr
-    assert json.loads(dry.stdout.strip().splitlines()[-1])["selected"] == BAD_TS
-    done = run("deadletter", "replay", "--reason", "ISO-8601", "--transform", f"{repair}:fix")
-    assert json.loads(done.stdout.strip().splitlines()[-1])["published"] == BAD_TS
-    bad = run("deadletter", "replay", "--ids", "x/y")
-    assert bad.returncode == 2 and "--ids" in bad.stderr and "Traceback" not in bad.stderr
-    missing = run("deadletter", "replay", "--reason", "x", "--transform", "nosuch_module:fix")
-    assert missing.returncode == 2 and missing.stderr.count("\n") == 1, missing.stderr
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["selected"] == BAD_TS
+    code, out, err = run("deadletter", "replay", "--reason", "ISO-8601", "--transform", fix)
+    assert json.loads(out.strip().splitlines()[-1])["published"] == BAD_TS
+    code, out, err = run("deadletter", "replay", "--ids", "x/y")
+    assert code == 2 and "--ids" in err and err.count("\n") == 1
+    code, out, err = run(
+        "deadletter", "replay", "--reason", "x", "--transform", "nosuch_module:fix"
+    )
+    assert code == 2 and err.count("\n") == 1 and "nosuch_module" in err

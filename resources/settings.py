@@ -28,6 +28,9 @@ class AstraSettings(BaseModel):
     topic_alerts: str = "events_alerts"
     raw_partitions: int = Field(default=6, ge=1)
     consumer_group: str = "astra-ingest"
+    # How long one request to Kafka may take before the command or run says the broker
+    # is unreachable.
+    kafka_timeout_s: float = Field(default=15.0, gt=0)
     duckdb_path: Path = Path("data/astra.duckdb")
     duckdb_lock_timeout_s: float = Field(default=30.0, gt=0)
     max_batch_size: int = Field(default=100_000, ge=1)
