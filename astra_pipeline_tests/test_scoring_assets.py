@@ -688,6 +688,25 @@ def test_the_windows_refresh_job_scores_and_alerts_the_hours_it_refreshes(
     (warned,) = [c for c in result.get_asset_check_evaluations() if not c.passed]
     assert warned.check_name == "alerts_rate" and warned.severity == dg.AssetCheckSeverity.WARN
     assert warned.metadata["rate"].value > 0.05
+    assert warned.metadata["alerts_on_injected_anomalies"].value == 0  # no truth stored
+    # With the simulation's ground truth stored (as `astra simulate --truth` does), the
+    # alerts on injected anomalies are counted apart and the rest stay under the limit.
+    _, spikes, stuck = anomaly_data
+    with warehouse.transaction() as tx:
+        tx.execute(
+            "INSERT INTO ml.anomaly_ground_truth SELECT device_id, 'spike', ts, ts, event_id, "
+            "'test' FROM clean.sensor_readings WHERE list_contains(?, event_id)",
+            [sorted(spikes | stuck)],
+        )
+    alerted = table_alert_ids(warehouse)
+    rechecked = job.execute_in_process(tags=request.tags)
+    (rate,) = [c for c in rechecked.get_asset_check_evaluations() if c.check_name == "alerts_rate"]
+    assert rate.passed, rate.metadata
+    injected = rate.metadata["alerts_on_injected_anomalies"].value
+    assert 0 < injected <= len(alerted)
+    assert rate.metadata["rate"].value == pytest.approx(
+        (rate.metadata["alerts"].value - injected) / rate.metadata["readings"].value
+    )
     per_asset = warehouse.query(
         "SELECT asset, count(*) AS hours FROM ops.scoring_partitions GROUP BY ALL ORDER BY ALL"
     )
