@@ -7,6 +7,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -31,6 +32,7 @@ from resources.broker import EmbeddedBroker
 from resources.dagster_api import DagsterGraphQL
 from resources.deadletter_store import Selection, examples, summary
 from resources.errors import AstraResourceError
+from resources.instance_runs import settle_runs
 from resources.kafka import KafkaResource
 from resources.settings import AstraSettings, SettingsError
 from resources.truth_store import record_ground_truth, truth_frames
@@ -128,17 +130,27 @@ def cmd_simulate(args: argparse.Namespace, settings: AstraSettings) -> int:
     counts: dict[str, int] = {}
     began = time.monotonic()
     simulation = Simulation(config, total)
+    interrupted = False
     with kafka.producer() as producer:
-        for index, message in enumerate(simulation):
-            if rate:
-                delay = began + index / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            producer.send(settings.topic_raw, value=message.value, key=message.key)
-            counts[message.kind] = counts.get(message.kind, 0) + 1
-            if index % 5_000 == 0:
-                producer.poll()
-    summary: dict[str, object] = {"produced": total, "seed": seed, **counts}
+        try:
+            for index, message in enumerate(simulation):
+                if rate:
+                    delay = began + index / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                producer.send(settings.topic_raw, value=message.value, key=message.key)
+                counts[message.kind] = counts.get(message.kind, 0) + 1
+                if index % 5_000 == 0:
+                    producer.poll()
+        except KeyboardInterrupt:
+            # Ctrl-C (or astra dev stopping): what was sent is delivered, then a summary.
+            interrupted = True
+    produced = sum(counts.values())
+    summary: dict[str, object] = {"produced": produced, "seed": seed, **counts}
+    if interrupted:
+        summary["interrupted"] = True
+        sys.stdout.write(json.dumps(summary) + "\n")
+        return 130
     if args.truth:
         # Event ids depend on the seed alone: a re-run of a seed replaces its truth.
         name = f"seed-{seed}"
@@ -348,10 +360,19 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     """Embedded broker + simulator + `dagster dev`, on local files; Ctrl-C stops all."""
     data = REPO_ROOT / "data" / "dev"
     home = REPO_ROOT / ".dagster_home"
+    # The warehouse every other command uses by default (ASTRA_DUCKDB_PATH), so that
+    # `astra sql` and the README's commands see what this session ingests.
+    warehouse = settings.duckdb_path.resolve()
     # The embedded broker keeps nothing across restarts, so a ledger from an earlier
-    # session would point past its (empty) log: each dev session starts a fresh warehouse.
+    # session would point past its (empty) log: each dev session starts a fresh
+    # warehouse; the last one is kept beside it as *.previous.
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
+    warehouse.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", ".wal"):
+        old = warehouse.with_name(warehouse.name + suffix)
+        if old.exists():
+            old.replace(warehouse.with_name(warehouse.name + ".previous" + suffix))
     home.mkdir(exist_ok=True)
     # SQLite instance storage: the embedded default needs no Postgres (dagster.yaml is
     # the Postgres instance of the compose stack).
@@ -360,11 +381,13 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     # Ctrl-C works even when started from a script that ignores SIGINT for its jobs.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    broker = EmbeddedBroker(port=args.broker_port, log_path=data / "broker.log").start()
+    broker = EmbeddedBroker(
+        port=args.broker_port, log_path=data / "broker.log", own_session=True
+    ).start()
     env = {
         **os.environ,
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "ASTRA_DUCKDB_PATH": str(data / "astra.duckdb"),
+        "ASTRA_DUCKDB_PATH": str(warehouse),
         "DAGSTER_HOME": str(home),
     }
     _kafka(settings, broker.bootstrap_servers).create_topics(_topics(settings))
@@ -410,7 +433,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         )
         sys.stdout.write(
             f"AstraStream dev: broker {broker.bootstrap_servers}, UI http://127.0.0.1:{args.port}, "
-            f"warehouse {data / 'astra.duckdb'}. Ctrl-C stops everything.\n"
+            f"warehouse {warehouse}. Ctrl-C stops everything.\n"
         )
         sys.stdout.flush()
         while all(child.poll() is None for child in children):
@@ -418,19 +441,42 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        # Each child leads its own process group (dagster dev starts several processes):
-        # signal the whole group, and kill it if it has not stopped in time.
-        for child in children:
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGINT)
-        for child in children:
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
+        # In order, each after what depends on it: the simulator (nothing new arrives),
+        # the runs in flight (they drain and end, or end canceled), Dagster, the broker.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        sys.stdout.write("stopping: simulator")
+        sys.stdout.flush()
+        simulator, *rest = children
+        _stop_group(simulator, signal.SIGINT, 10)
+        settled = None
+        if rest and rest[0].poll() is None:
+            sys.stdout.write(", runs in flight")
+            sys.stdout.flush()
+            settled = settle_runs(home)
+        for child in rest:
+            sys.stdout.write(", dagster")
+            sys.stdout.flush()
+            _stop_group(child, signal.SIGINT, 30)
         broker.stop()
+        runs = (
+            f" ({settled.finished} runs finished, {settled.canceled} canceled)" if settled else ""
+        )
+        sys.stdout.write(f", broker: stopped{runs}.\n")
     return 0
+
+
+def _stop_group(child: subprocess.Popen[bytes], sig: int, wait_s: float) -> None:
+    """Signal a child's whole process group (it leads its own), and kill the group if it
+    has not ended in time."""
+    if child.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
+    try:
+        child.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -43,9 +43,14 @@ def broker_binary() -> str:
 class EmbeddedBroker:
     """A Tansu broker process on 127.0.0.1:<port>; stop() ends exactly that process."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, log_path: Path | None = None, own_session: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        # In its own session the broker does not get the terminal's Ctrl-C: whoever
+        # started it stops it, after the clients that still need it (astra dev).
+        self.own_session = own_session
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -81,7 +86,12 @@ class EmbeddedBroker:
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         with open(self.log_path or os.devnull, "ab") as log:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=self.own_session,
             )
         self._wait_ready(timeout_s)
         return self

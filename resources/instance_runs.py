@@ -1,0 +1,55 @@
+"""Letting a local Dagster instance's runs end before its processes stop (astra dev).
+
+Stopping `dagster dev` while a run is in flight kills the run's process: the run is
+left failed, with a traceback, although nothing was wrong. On the way out, `astra dev`
+first waits for the runs in progress to finish (with the simulator stopped, an ingest
+run drains what is left and ends), then terminates what still runs (it ends as canceled)
+and cancels what is only queued.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+
+_IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+@dataclass(frozen=True)
+class SettledRuns:
+    finished: int
+    """Runs that were in flight and ended by themselves."""
+    canceled: int
+    """Runs terminated or canceled because they did not end in time."""
+
+
+def settle_runs(home: Path, finish_s: float = 30.0, cancel_s: float = 20.0) -> SettledRuns:
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        waiting = {run.run_id for run in _in_flight(instance)}
+        deadline = time.monotonic() + finish_s
+        while _in_flight(instance) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = _in_flight(instance)
+        for run in left:
+            if run.status == dg.DagsterRunStatus.QUEUED:
+                instance.report_run_canceled(run, message="astra dev is stopping")
+            elif run.status != dg.DagsterRunStatus.CANCELING:
+                instance.run_launcher.terminate(run.run_id)
+        deadline = time.monotonic() + cancel_s
+        while _in_flight(instance) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        canceled = {run.run_id for run in left}
+        return SettledRuns(finished=len(waiting - canceled), canceled=len(canceled))
+
+
+def _in_flight(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(filters=dg.RunsFilter(statuses=_IN_FLIGHT)))
