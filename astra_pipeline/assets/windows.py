@@ -129,19 +129,35 @@ def windowed_aggregates(
                 rows[name] = rows.get(name, 0) + count
             records.append(record_partitions(tx, stats, context.run.run_id, seen_until, now))
     partitions = [r for frame in records for r in frame.iter_rows(named=True)]
-    metadata: dict[str, dg.RawMetadataValue] = {
-        "dagster/row_count": sum(rows.values()),
-        **{f"rows_{name}": count for name, count in sorted(rows.items())},
-        "partitions": len(partitions),
-        "cleaned_events": sum(p["cleaned_events"] for p in partitions),
-        "late_events": sum(p["late_events"] for p in partitions),
-        "amended_partitions": sum(p["materializations"] > 1 for p in partitions),
-        "refresh": mode,
-        "rollups": rollups,
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    seconds = round(time.monotonic() - started, 3)
     if len(partitions) == 1:
-        metadata["amendments"] = partitions[0]["materializations"] - 1
+        (only,) = partitions
+        metadata: dict[str, dg.RawMetadataValue] = {
+            "dagster/row_count": sum(rows.values()),
+            **{f"rows_{name}": count for name, count in sorted(rows.items())},
+            "cleaned_events": only["cleaned_events"],
+            "late_events": only["late_events"],
+            "amendments": only["materializations"] - 1,
+        }
+    else:
+        # Dagster stamps a range run's one result on every partition of the range (no
+        # per-partition results from one run yet): figures summed over the range would
+        # read as each hour's. So no dagster/row_count here; the run's totals carry a
+        # run_ prefix, and each hour's own figures are under per_partition.
+        metadata = {
+            **{f"run_rows_{name}": count for name, count in sorted(rows.items())},
+            "run_cleaned_events": sum(p["cleaned_events"] for p in partitions),
+            "run_late_events": sum(p["late_events"] for p in partitions),
+            "run_amended_partitions": sum(p["materializations"] > 1 for p in partitions),
+        }
+    metadata.update(
+        {
+            "partitions": len(partitions),
+            "refresh": mode,
+            "rollups": rollups,
+            "seconds": seconds,
+        }
+    )
     if len(partitions) <= DETAIL_LIMIT:
         metadata["per_partition"] = dg.MetadataValue.json(
             {
