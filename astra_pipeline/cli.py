@@ -444,24 +444,25 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         # In order, each after what depends on it: the simulator (nothing new arrives),
         # the runs in flight (they drain and end, or end canceled), Dagster, the broker.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        sys.stdout.write("stopping: simulator")
+        sys.stdout.write("stopping the simulator, the runs in flight, dagster, the broker...\n")
         sys.stdout.flush()
         simulator, *rest = children
         _stop_group(simulator, signal.SIGINT, 10)
         settled = None
         if rest and rest[0].poll() is None:
-            sys.stdout.write(", runs in flight")
-            sys.stdout.flush()
-            settled = settle_runs(home)
+            try:
+                settled = settle_runs(home)
+            except Exception as error:  # stopping goes on: dagster and the broker still stop
+                sys.stdout.write(f"could not wait for the runs in flight: {error}\n")
         for child in rest:
-            sys.stdout.write(", dagster")
-            sys.stdout.flush()
             _stop_group(child, signal.SIGINT, 30)
         broker.stop()
         runs = (
-            f" ({settled.finished} runs finished, {settled.canceled} canceled)" if settled else ""
+            f" ({settled.finished} runs in flight finished, {settled.canceled} canceled)"
+            if settled
+            else ""
         )
-        sys.stdout.write(f", broker: stopped{runs}.\n")
+        sys.stdout.write(f"stopped: simulator, dagster, broker{runs}.\n")
     return 0
 
 
