@@ -7,6 +7,10 @@ A child process drains the topic with small batches and is frozen, then SIGKILLe
 * ``after_duckdb_commit``: after the 3rd batch's DuckDB commit, before its Kafka offset
   commit. The ledger is ahead of the consumer group; recovery must neither re-insert the
   batch nor leave the group behind.
+* ``before_deadletter_ack``: after the 3rd batch's DuckDB commit, before its dead letters
+  are published. Recovery must publish them, once.
+
+Whatever the kill point, the dead-letter topic ends up with one record per dead letter.
 
 Then a normal ``drain()`` in the test process finishes the topic, and the warehouse is
 checked against what the simulator says it produced (not against the code under test).
@@ -19,9 +23,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline_tests.helpers import counts, produce
@@ -66,6 +72,17 @@ def write_batch(*args, **kwargs):
     return written
 
 ingest.write_batch = write_batch
+
+from resources.kafka import DeadLetterPublisher
+original_publish = DeadLetterPublisher.publish
+
+def publish(self, letters):
+    # The dead letters of a batch are published after its DuckDB commit.
+    if kill_point == "before_deadletter_ack" and state["writes"] == kill_on:
+        freeze(f"batch #{kill_on} committed, its dead letters not yet acknowledged")
+    return original_publish(self, letters)
+
+DeadLetterPublisher.publish = publish
 
 original_commit = KafkaResource.commit_offsets
 
@@ -155,8 +172,32 @@ def ledger_is_contiguous(warehouse: DuckDBWarehouseResource, topic: str) -> dict
     return ends
 
 
+def deadletter_sources(kafka: KafkaResource, dlq: str) -> list[str]:
+    """The `source` header of every record on the dead-letter topic (a plain consumer)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": f"dlq-{uuid.uuid4().hex}",
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.assign([TopicPartition(dlq, 0, 0)])
+    sources = []
+    try:
+        while True:
+            message = consumer.poll(10)
+            assert message is not None, "no end of the dead-letter topic"
+            if message.error():
+                return sources
+            sources.append(dict(message.headers() or [])["source"].decode())
+    finally:
+        consumer.close()
+
+
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("kill_point", ["in_transaction", "after_duckdb_commit"])
+@pytest.mark.parametrize(
+    "kill_point", ["in_transaction", "after_duckdb_commit", "before_deadletter_ack"]
+)
 def test_sigkill_mid_ingest_then_recover_is_exactly_once(
     kafka: KafkaResource,
     topic: str,
@@ -184,6 +225,11 @@ def test_sigkill_mid_ingest_then_recover_is_exactly_once(
         # Batch 3 is in DuckDB, but the consumer group still points at its start.
         assert batches["n"][0] == KILL_ON_CALL
         assert committed_before < crashed["ledger"]
+    if kill_point == "before_deadletter_ack":
+        unpublished = warehouse.query(
+            "SELECT count(*) AS n FROM clean.dead_letter_events WHERE published_at IS NULL"
+        )
+        assert unpublished["n"][0] > 0
 
     # Recovery: an ordinary run in this process.
     config = IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq", max_batch_size=BATCH)
@@ -215,6 +261,15 @@ def test_sigkill_mid_ingest_then_recover_is_exactly_once(
         assert lo == 0
     assert sum(ends.values()) == sent["total"]
     assert set(ends) <= set(range(PARTITIONS))
+
+    # The dead-letter topic: one record per dead letter, none twice, none missing.
+    sources = deadletter_sources(kafka, f"{topic}_dlq")
+    assert len(sources) == len(set(sources)) == sent["malformed"]
+    stored = warehouse.query(
+        "SELECT topic || '/' || \"partition\" || '/' || \"offset\" AS s "
+        "FROM clean.dead_letter_events"
+    )["s"].to_list()
+    assert sorted(sources) == sorted(stored)
 
     # The consumer group mirrors the ledger again: zero lag.
     committed = kafka.committed_offsets(topic)

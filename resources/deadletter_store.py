@@ -172,8 +172,40 @@ def mark_published(
 
 def search_start(rows: pl.DataFrame) -> dict[int, int]:
     """The earliest recorded topic end over the given replays' attempts, per partition."""
+    return publish_starts(rows["search_from"].to_list())
+
+
+def unpublished_dead_letters(session: WarehouseSession) -> pl.DataFrame:
+    """Dead letters committed but not acknowledged by the dead-letter topic yet (a run
+    died in between): topic, partition, offset, key, value, reason, publish_from."""
+    return session.frame(
+        'SELECT topic, "partition", "offset", "key", "value", reason, publish_from '
+        f'FROM {DEAD_LETTER_EVENTS} WHERE published_at IS NULL ORDER BY topic, "partition", '
+        '"offset"'
+    )
+
+
+def mark_dead_letters_published(
+    session: WarehouseSession, letters: pl.DataFrame, at: dt.datetime
+) -> int:
+    """Record that these dead letters (columns topic, partition, offset) are on the
+    dead-letter topic."""
+    if letters.height == 0:
+        return 0
+    with session.with_frame("_published", letters.select("topic", "partition", "offset")):
+        session.execute(
+            f"UPDATE {DEAD_LETTER_EVENTS} AS d SET published_at = ? FROM _published AS p "
+            'WHERE d.topic = p.topic AND d."partition" = p."partition" '
+            'AND d."offset" = p."offset" AND d.published_at IS NULL',
+            [at],
+        )
+    return letters.height
+
+
+def publish_starts(texts: list[str]) -> dict[int, int]:
+    """The earliest recorded topic end per partition over publish_from values."""
     start: dict[int, int] = {}
-    for text in rows["search_from"].unique().to_list():
+    for text in set(texts):
         for partition, offset in json.loads(text).items():
             start[int(partition)] = min(offset, start.get(int(partition), offset))
     return start

@@ -130,8 +130,18 @@ DDL = (
         reason VARCHAR NOT NULL,
         kafka_ts TIMESTAMPTZ,
         ingested_at TIMESTAMPTZ NOT NULL,
-        batch_id VARCHAR NOT NULL
+        batch_id VARCHAR NOT NULL,
+        published_at TIMESTAMPTZ,
+        publish_from JSON
     )""",
+    # The dead-letter topic's outbox columns (docs/exactly-once.md): when the broker
+    # acknowledged the row's record, and the topic's ends before it was sent. A warehouse
+    # made before them gets the columns with its rows marked as published (they were, at
+    # least once, before the row's commit); new rows then start unpublished.
+    f"ALTER TABLE {DEAD_LETTER_EVENTS} ADD COLUMN IF NOT EXISTS publish_from JSON",
+    f"ALTER TABLE {DEAD_LETTER_EVENTS} ADD COLUMN IF NOT EXISTS published_at TIMESTAMPTZ "
+    "DEFAULT TIMESTAMPTZ '1970-01-01 00:00:00+00'",
+    f"ALTER TABLE {DEAD_LETTER_EVENTS} ALTER COLUMN published_at DROP DEFAULT",
     f"""
     CREATE TABLE IF NOT EXISTS {DUPLICATE_EVENTS} (
         event_id VARCHAR NOT NULL,

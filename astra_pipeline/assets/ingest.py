@@ -6,6 +6,7 @@ are one multi-asset: read a range from Kafka, transform (pure), write, commit of
 
 import contextlib
 import datetime as dt
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,10 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import dagster as dg
+import polars as pl
 from pydantic import Field
 
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
 from astra_pipeline.transforms.windows import touched_hours
+from resources.deadletter_store import (
+    mark_dead_letters_published,
+    publish_starts,
+    unpublished_dead_letters,
+)
 from resources.errors import WarehouseError, WarehouseLocked
 from resources.ingest_store import BatchRows, next_offsets, table_rows, write_batch
 from resources.kafka import (
@@ -80,6 +87,13 @@ def drain(
     partitions = kafka.partitions(config.topic)
     with warehouse.session() as session:
         recorded = next_offsets(session, config.topic)
+    # Where the dead-letter topic ends before this run publishes anything: a run that
+    # dies between a batch's commit and its dead letters' acknowledgement leaves them
+    # unpublished, and the next run looks for them from here before sending them again.
+    kafka.create_topics({config.deadletter_topic: 1})
+    publish_from = json.dumps(
+        {str(p): o for p, o in kafka.high_watermarks(config.deadletter_topic).items()}
+    )
     # Read the ledger once; each batch then starts where the last one ended. write_batch
     # re-checks the ledger inside its transaction, so a concurrent writer is still caught.
     starts = {p: recorded.get(p, 0) for p in partitions}
@@ -98,6 +112,9 @@ def drain(
         deadletters = stack.enter_context(
             kafka.dead_letter_publisher(config.topic, config.deadletter_topic, DEAD_LETTER_TABLE)
         )
+        settled = _settle_dead_letters(kafka, warehouse, deadletters)
+        if settled and log:
+            log.warning(f"dead letters an earlier run left unpublished: {settled}")
         prefetch = stack.enter_context(ThreadPoolExecutor(1))
         pending = prefetch.submit(reader.read, starts, config.max_batch_size)
         backlog = False
@@ -110,7 +127,7 @@ def drain(
                     reader = stack.enter_context(kafka.process_reader(config.topic))
                 pending = prefetch.submit(reader.read, batch.end_offsets, config.max_batch_size)
             if batch.size:
-                _ingest_one(kafka, writer, deadletters, config, run_id, batch, totals)
+                _ingest_one(kafka, writer, deadletters, config, run_id, batch, publish_from, totals)
                 if log:
                     log.info(
                         f"batch {totals.batches}: {batch.size} messages, eof={batch.reached_eof}"
@@ -141,26 +158,12 @@ def _ingest_one(
     config: IngestConfig,
     run_id: str | None,
     batch: KafkaBatch,
+    publish_from: str,
     totals: IngestTotals,
 ) -> None:
     batch_id = uuid.uuid4().hex
     now = dt.datetime.now(dt.UTC)
     frames = build_ingest_frames(batch.frame, config.topic, batch_id, now)
-    # Dead letters go to their topic before the DuckDB commit: a crash in between
-    # re-sends them on replay (at-least-once, keyed by source coordinates), never loses.
-    # A dead letter too large for its topic goes as a pointer to its row in the table.
-    if frames.dead_letters.height:
-        deadletters.publish(
-            DeadLetter(
-                topic=row["topic"],
-                partition=row["partition"],
-                offset=row["offset"],
-                key=row["key"],
-                value=row["value"],
-                reason=row["reason"],
-            )
-            for row in frames.dead_letters.iter_rows(named=True)
-        )
     with writer.transaction() as tx:
         # Stamped again now that the transaction holds the file (DuckDB allows one writing
         # process): rows committed after a window refresh then have an ingested_at after
@@ -177,11 +180,20 @@ def _ingest_one(
                 raw_events=frames.raw_events,
                 sensor_readings=frames.sensor_readings,
                 user_activity=frames.user_activity,
-                dead_letters=frames.dead_letters,
+                dead_letters=frames.dead_letters.with_columns(
+                    pl.lit(publish_from).alias("publish_from")
+                ),
                 duplicates=frames.duplicates,
             ),
             committed_at=dt.datetime.now(dt.UTC),
         )
+    # Dead letters go to their topic once committed, and are marked when acknowledged:
+    # a crash in between is settled by the next run (_settle_dead_letters), so each
+    # reaches the topic once. One too large for the topic goes as a pointer to its row.
+    if frames.dead_letters.height:
+        deadletters.publish(_letters(frames.dead_letters))
+        with writer.transaction() as tx:
+            mark_dead_letters_published(tx, frames.dead_letters, dt.datetime.now(dt.UTC))
     kafka.commit_offsets(config.topic, batch.end_offsets)
     totals.batches += 1
     totals.messages += batch.size
@@ -193,6 +205,48 @@ def _ingest_one(
     # From what was inserted: a resend of a stored event (even with another ts) is
     # dropped as a duplicate and changes no window.
     totals.touched_hours.update(touched_hours(written.inserted_ts))
+
+
+def _letters(rows: pl.DataFrame) -> Iterator[DeadLetter]:
+    for row in rows.iter_rows(named=True):
+        yield DeadLetter(
+            topic=row["topic"],
+            partition=row["partition"],
+            offset=row["offset"],
+            key=row["key"],
+            value=row["value"],
+            reason=row["reason"],
+        )
+
+
+def _settle_dead_letters(
+    kafka: KafkaResource, warehouse: DuckDBWarehouseResource, deadletters: DeadLetterPublisher
+) -> int:
+    """Publish the dead letters an earlier run committed but did not see acknowledged:
+    those found on the topic (by their `source` header, from where the topic ended when
+    that run started) are only marked, the others sent. Returns how many there were."""
+    with warehouse.session() as session:
+        pending = unpublished_dead_letters(session)
+    if pending.height == 0:
+        return 0
+    sources = pending.select(
+        pl.concat_str(
+            [
+                pl.col("topic"),
+                pl.col("partition").cast(pl.String),
+                pl.col("offset").cast(pl.String),
+            ],
+            separator="/",
+        ).alias("source")
+    )["source"]
+    starts = publish_starts([t for t in pending["publish_from"].to_list() if t])
+    found = kafka.find_header_values(deadletters.topic, starts, "source", set(sources))
+    missing = pending.filter(~sources.is_in(list(found)))
+    if missing.height:
+        deadletters.publish(_letters(missing))
+    with warehouse.transaction() as tx:
+        mark_dead_letters_published(tx, pending, dt.datetime.now(dt.UTC))
+    return pending.height
 
 
 def build_ingest_events(defaults: IngestConfig) -> dg.AssetsDefinition:
