@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -27,6 +28,23 @@ def produce(
         "duplicates": sum(m.kind == "duplicate" for m in messages),
         "unique_valid": len(valid_ids),
     }
+
+
+def sensor_reading(event_id: str, ts: str = "2026-11-23T07:45:05Z") -> bytes:
+    """One valid sensor reading of device dev-1, as the wire carries it."""
+    doc = {
+        "event_type": "sensor_reading",
+        "event_id": event_id,
+        "device_id": "dev-1",
+        "ts": ts,
+        "temperature_c": 20.0,
+        "humidity_pct": 40.0,
+        "battery_pct": 90.0,
+        "lat": 1.0,
+        "lon": 2.0,
+        "status": "ok",
+    }
+    return json.dumps(doc).encode()
 
 
 def counts(warehouse: DuckDBWarehouseResource) -> dict[str, Any]:

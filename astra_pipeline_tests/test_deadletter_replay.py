@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from astra_pipeline import cli
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.replay import REPLAY_ID_HEADER, REPLAY_OF_HEADER, replay
+from astra_pipeline_tests.helpers import sensor_reading
 from resources.broker import EmbeddedBroker
 from resources.deadletter_store import Selection, examples, summary
 from resources.kafka import KafkaResource
@@ -33,20 +34,7 @@ VALID = 40
 
 
 def _sensor(event_id: str, ts: str) -> bytes:
-    return json.dumps(
-        {
-            "event_type": "sensor_reading",
-            "event_id": event_id,
-            "device_id": "dev-1",
-            "ts": ts,
-            "temperature_c": 20.0,
-            "humidity_pct": 40.0,
-            "battery_pct": 90.0,
-            "lat": 1.0,
-            "lon": 2.0,
-            "status": "ok",
-        }
-    ).encode()
+    return sensor_reading(event_id, ts)
 
 
 def _purchase(event_id: str) -> bytes:

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
-from astra_pipeline_tests.helpers import counts
+from astra_pipeline_tests.helpers import counts, sensor_reading
 from resources.broker import EmbeddedBroker
 from resources.kafka import DeadLetter, DeadLetterPublisher, KafkaResource
 from resources.tables import DEAD_LETTER_EVENTS
@@ -18,20 +18,7 @@ from resources.warehouse import DuckDBWarehouseResource
 
 
 def _valid(index: int) -> bytes:
-    return json.dumps(
-        {
-            "event_type": "sensor_reading",
-            "event_id": f"ok-{index}",
-            "device_id": "dev-1",
-            "ts": "2026-11-23T07:45:05Z",
-            "temperature_c": 20.0,
-            "humidity_pct": 40.0,
-            "battery_pct": 90.0,
-            "lat": 1.0,
-            "lon": 2.0,
-            "status": "ok",
-        }
-    ).encode()
+    return sensor_reading(f"ok-{index}")
 
 
 def _read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, dict[str, bytes]]]:

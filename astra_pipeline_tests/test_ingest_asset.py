@@ -11,7 +11,7 @@ import dagster as dg
 
 from astra_pipeline.assets.ingest import IngestConfig, drain, ingest_events
 from astra_pipeline.checks.ingest import STATIC_CHECKS, make_dead_letter_rate_check
-from astra_pipeline_tests.helpers import counts, produce
+from astra_pipeline_tests.helpers import counts, produce, sensor_reading
 from resources.kafka import KafkaResource
 from resources.warehouse import BatchWriter, DuckDBWarehouseResource, WarehouseSession
 
@@ -226,19 +226,7 @@ def test_resends_of_stored_events_touch_no_hour(
     whose ts moved to another hour, is a duplicate and changes no window."""
 
     def reading(event_id: str, ts: str) -> tuple[bytes, bytes]:
-        doc = {
-            "event_type": "sensor_reading",
-            "event_id": event_id,
-            "device_id": "dev-1",
-            "ts": ts,
-            "temperature_c": 20.0,
-            "humidity_pct": 40.0,
-            "battery_pct": 90.0,
-            "lat": 1.0,
-            "lon": 2.0,
-            "status": "ok",
-        }
-        return b"dev-1", json.dumps(doc).encode()
+        return b"dev-1", sensor_reading(event_id, ts)
 
     config = IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq")
     kafka.produce_all(topic, [reading("a", "2026-11-23T07:10:00Z")])
