@@ -7,6 +7,7 @@ from astra_pipeline.assets.features import CHURN_FEATURES
 from astra_pipeline.assets.ingest import IngestConfig
 from astra_pipeline.assets.scoring import ANOMALY_SCORES_KEY, CHURN_SCORES_KEY
 from astra_pipeline.assets.windows import WINDOWED_AGGREGATES, WindowsConfig
+from astra_pipeline.run_tags import MAX_RUNTIME_TAG
 from resources.dagster_internals import AssetJob
 
 INGEST_JOB_NAME = "ingest_events_job"
@@ -38,7 +39,7 @@ def build_ingest_job(config: IngestConfig) -> AssetJob:
         # A backstop for a run that hangs rather than dies (run monitoring cancels it,
         # and the next run re-reads its range): far above a healthy run's time budget
         # plus its refresh and a wait for the writer slot behind a backfill.
-        tags={"dagster/max_runtime": str(int(max(600.0, 10 * config.time_budget_s)))},
+        tags={MAX_RUNTIME_TAG: str(int(max(600.0, 10 * config.time_budget_s)))},
         description="Drain Kafka into raw, clean and dead-letter tables, refresh the "
         "windows of the run's hour, and run their checks.",
     )

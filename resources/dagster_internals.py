@@ -5,8 +5,6 @@ public name for what is imported here, so a Dagster release may move or change a
 it without notice; when one does, this module is what to fix:
 
 - ``AssetJob``: the type ``dg.define_asset_job`` returns (sensors and schedules take it).
-- The run tags Dagster sets on partitioned runs and uses for run priority (their string
-  values are documented; the constants are not exported).
 - What the health-checked run launcher needs (resources/run_launcher.py): the launcher's
   result types, the gRPC client and request types, and the tag naming the code server
   that launched a run.
@@ -17,23 +15,13 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
-from dagster._core.storage.tags import (
-    ASSET_PARTITION_RANGE_END_TAG,
-    ASSET_PARTITION_RANGE_START_TAG,
-    GRPC_INFO_TAG,
-    PARTITION_NAME_TAG,
-    PRIORITY_TAG,
-)
+from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._grpc.client import DagsterGrpcClient
 from dagster._grpc.types import CanCancelExecutionRequest, CanCancelExecutionResult
 from dagster._serdes import deserialize_value
 
 __all__ = [
-    "ASSET_PARTITION_RANGE_END_TAG",
-    "ASSET_PARTITION_RANGE_START_TAG",
     "GRPC_INFO_TAG",
-    "PARTITION_NAME_TAG",
-    "PRIORITY_TAG",
     "AssetJob",
     "CanCancelExecutionRequest",
     "CanCancelExecutionResult",

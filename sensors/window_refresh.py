@@ -34,14 +34,14 @@ from astra_pipeline.assets.windows import (
     partition_key,
 )
 from astra_pipeline.jobs import INGEST_JOB_NAME
-from astra_pipeline.transforms.partition_windows import contiguous_ranges
-from resources.dagster_internals import (
+from astra_pipeline.run_tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     PARTITION_NAME_TAG,
     PRIORITY_TAG,
-    AssetJob,
 )
+from astra_pipeline.transforms.partition_windows import contiguous_ranges
+from resources.dagster_internals import AssetJob
 
 HOUR = dt.timedelta(hours=1)
 FETCH_LIMIT = 1_000

@@ -3,7 +3,7 @@ the writer pool held per step, another run may rewrite them before the checks ru
 
 from collections.abc import Mapping
 
-from resources.dagster_internals import (
+from astra_pipeline.run_tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     PARTITION_NAME_TAG,
