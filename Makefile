@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev test lint
+.PHONY: install dev test test-readme lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ dev: $(STAMP)
 	$(BIN)/astra dev
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not readme"
+
+# The README's "Using it" commands against a running dev platform (about 3 minutes).
+test-readme: $(STAMP)
+	$(BIN)/python -m pytest -q -m readme
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

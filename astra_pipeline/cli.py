@@ -23,7 +23,8 @@ from typing import NoReturn
 
 import polars as pl
 
-from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES, partition_key
+from astra_pipeline.assets.window_refresh import partition_key
+from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES
 from astra_pipeline.events import json_schema_text
 from astra_pipeline.replay import ReplayError, load_repair, replay
 from astra_pipeline.simulator import ANOMALY_KINDS, Simulation, SimulatorConfig
@@ -331,9 +332,19 @@ def cmd_backfill(args: argparse.Namespace, settings: AstraSettings) -> int:
         backfill_id = api.resume_backfill(args.resume)
         print(f"resumed backfill {backfill_id}: {api.backfill_page(backfill_id)}")
     else:
+        now = dt.datetime.now(dt.UTC)
+        if args.last is not None:
+            if args.start or args.end:
+                raise UsageError("give either --last or --from and --to, not both")
+            current = now.replace(minute=0, second=0, microsecond=0)
+            args.start = partition_key(current - dt.timedelta(hours=args.last - 1))
+            args.end = partition_key(current)
         if not (args.start and args.end):
-            raise UsageError("give --from and --to (partition keys or ISO hours), or --resume ID")
-        keys = backfill_partitions(args.start, args.end, dt.datetime.now(dt.UTC))
+            raise UsageError(
+                "give --last HOURS, or --from and --to (partition keys or ISO hours), "
+                "or --resume ID"
+            )
+        keys = backfill_partitions(args.start, args.end, now)
         if args.dry_run:
             print("\n".join(keys))
             print(f"{len(keys)} partitions of windowed_aggregates; dry run, nothing submitted")
@@ -358,8 +369,10 @@ def cmd_backfill(args: argparse.Namespace, settings: AstraSettings) -> int:
 
 def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     """Embedded broker + simulator + `dagster dev`, on local files; Ctrl-C stops all."""
-    data = REPO_ROOT / "data" / "dev"
-    home = REPO_ROOT / ".dagster_home"
+    # Beside the warehouse, relative to where it runs (the repository root for `make
+    # dev`), like ASTRA_DUCKDB_PATH: one checkout can hold one dev session per folder.
+    data = Path("data", "dev").resolve()
+    home = Path(".dagster_home").resolve()
     # The warehouse every other command uses by default (ASTRA_DUCKDB_PATH), so that
     # `astra sql` and the README's commands see what this session ingests.
     warehouse = settings.duckdb_path.resolve()
@@ -427,7 +440,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
                     str(args.port),
                 ],
                 env=env,
-                cwd=REPO_ROOT,
+                cwd=home,  # not the repository root: its dagster.yaml is the compose one
                 start_new_session=True,
             )
         )
@@ -620,6 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument("--from", dest="start", help="first hour, e.g. 2026-11-23-00:00")
     backfill.add_argument("--to", dest="end", help="last hour (inclusive)")
+    backfill.add_argument(
+        "--last",
+        type=_positive_int,
+        metavar="HOURS",
+        help="the last HOURS hours, the current one included (instead of --from/--to)",
+    )
     backfill.add_argument("--dry-run", action="store_true", help="print the partitions only")
     backfill.add_argument("--resume", metavar="BACKFILL_ID", help="resume a stopped backfill")
     backfill.add_argument("--url", help="Dagster webserver (default ASTRA_DAGSTER_URL)")

@@ -6,7 +6,7 @@ from astra_pipeline.assets.alerts import ALERTS_KEY
 from astra_pipeline.assets.features import CHURN_FEATURES
 from astra_pipeline.assets.ingest import IngestConfig
 from astra_pipeline.assets.scoring import ANOMALY_SCORES_KEY, CHURN_SCORES_KEY
-from astra_pipeline.assets.windows import WINDOWED_AGGREGATES, WindowsConfig
+from astra_pipeline.assets.windows import WINDOWED_AGGREGATES
 from astra_pipeline.run_tags import MAX_RUNTIME_TAG
 from resources.dagster_internals import AssetJob
 
@@ -14,34 +14,26 @@ INGEST_JOB_NAME = "ingest_events_job"
 
 
 def build_ingest_job(config: IngestConfig) -> AssetJob:
-    """The ingest job, its default run config taken from the settings.
+    """The ingest job: the ingest assets, with no partitions, however it is launched.
 
-    A run drains Kafka (the unpartitioned ingest assets), then refreshes the
-    windowed_aggregates partition of the run (the hour the sensor launched it in) in the
-    same process: the live hour's windows are queryable one run after the events
-    arrive, not two (a run costs about 4 s to start). It recomputes only the windows the
-    rows ingested since the hour's last refresh fall in. The other hours the run touched
-    (late events, an hour that ended meanwhile) are refreshed by
-    cleaned_events_windows_sensor, and the run's own hour too when the run failed.
+    A run drains Kafka, then refreshes the windows of the live hour its new rows touched
+    in the same process (assets.ingest.refresh_live_hour): the live hour's windows are
+    queryable one run after the events arrive, not two (a run costs about 4 s to start).
+    The other hours the run touched (late events, an hour that ended meanwhile) are
+    refreshed by cleaned_events_windows_sensor. The run config's defaults are the
+    settings (``config``, in the ingest asset's config schema).
     """
     return dg.define_asset_job(
         INGEST_JOB_NAME,
-        selection=dg.AssetSelection.groups("ingest")
-        | dg.AssetSelection.assets(WINDOWED_AGGREGATES),
+        selection=dg.AssetSelection.groups("ingest"),
         # One process per run: a micro-batch should not pay a subprocess start per step.
         executor_def=dg.in_process_executor,
-        config=dg.RunConfig(
-            ops={
-                "ingest_events": config,
-                "windowed_aggregates": WindowsConfig(since_last_refresh=True),
-            }
-        ),
         # A backstop for a run that hangs rather than dies (run monitoring cancels it,
         # and the next run re-reads its range): far above a healthy run's time budget
         # plus its refresh and a wait for the writer slot behind a backfill.
         tags={MAX_RUNTIME_TAG: str(int(max(600.0, 10 * config.time_budget_s)))},
         description="Drain Kafka into raw, clean and dead-letter tables, refresh the "
-        "windows of the run's hour, and run their checks.",
+        "windows of the live hour, and run their checks.",
     )
 
 

@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from astra_pipeline.simulator import SimulatorConfig, generate
 from resources.kafka import KafkaResource
+from resources.settings import AstraSettings
 from resources.warehouse import DuckDBWarehouseResource
 
 
@@ -45,6 +47,20 @@ def sensor_reading(event_id: str, ts: str = "2026-11-23T07:45:05Z") -> bytes:
         "status": "ok",
     }
     return json.dumps(doc).encode()
+
+
+def settings_for(
+    kafka: KafkaResource, topic: str, warehouse: DuckDBWarehouseResource
+) -> AstraSettings:
+    """Settings naming this test's broker, topic (its dead letters on TOPIC_dlq),
+    consumer group and warehouse."""
+    return AstraSettings(
+        kafka_bootstrap_servers=kafka.bootstrap_servers,
+        topic_raw=topic,
+        topic_deadletter=f"{topic}_dlq",
+        consumer_group=kafka.consumer_group,
+        duckdb_path=Path(warehouse.path),
+    )
 
 
 def counts(warehouse: DuckDBWarehouseResource) -> dict[str, Any]:

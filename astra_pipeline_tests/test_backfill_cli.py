@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
-from astra_pipeline.assets.windows import partition_key
+from astra_pipeline.assets.window_refresh import partition_key
 from astra_pipeline.simulator import SimulatorConfig, generate
 from astra_pipeline_tests.helpers import stop_process_group
 from resources.broker import free_port

@@ -16,9 +16,8 @@ import pytest
 
 from astra_pipeline.assets.ingest import RAW_EVENTS
 from astra_pipeline.definitions import build_definitions
-from astra_pipeline_tests.helpers import counts, produce
+from astra_pipeline_tests.helpers import counts, produce, settings_for
 from resources.kafka import KafkaResource
-from resources.settings import AstraSettings
 from resources.warehouse import DuckDBWarehouseResource
 
 ASTRA = str(Path(sys.executable).parent / "astra")
@@ -56,13 +55,7 @@ def test_an_ingest_launched_without_run_config_ingests_the_settings_topic(
     kafka: KafkaResource, topic: str, warehouse: DuckDBWarehouseResource
 ) -> None:
     produced = produce(kafka, topic, 500, seed=5)
-    settings = AstraSettings(
-        kafka_bootstrap_servers=kafka.bootstrap_servers,
-        topic_raw=topic,
-        topic_deadletter=f"{topic}_dlq",
-        consumer_group=kafka.consumer_group,
-        duckdb_path=Path(warehouse.path),
-    )
+    settings = settings_for(kafka, topic, warehouse)
     defs = build_definitions(settings)
     ingest = defs.get_assets_def(RAW_EVENTS)
     result = dg.materialize([ingest], resources={"kafka": kafka, "warehouse": warehouse})

@@ -94,14 +94,11 @@ def ingest_run(
     touched: list[dt.datetime],
     seconds_ago: float = 0.0,
 ) -> str:
-    """An ingest run for ``own_hour``'s partition (started) whose cleaned_events
-    materialization, ``seconds_ago``, names ``touched``."""
+    """An ingest run (started, no partition) whose cleaned_events materialization,
+    ``seconds_ago``, names ``touched``; ``own_hour`` is the live hour it may refresh
+    (windows_refreshed records that)."""
     run = instance.add_run(
-        dg.DagsterRun(
-            job_name=INGEST_JOB_NAME,
-            status=dg.DagsterRunStatus.STARTED,
-            tags={"dagster/partition": own_hour.strftime("%Y-%m-%d-%H:00")},
-        )
+        dg.DagsterRun(job_name=INGEST_JOB_NAME, status=dg.DagsterRunStatus.STARTED)
     )
     materialization = dg.AssetMaterialization(
         CLEANED_EVENTS,
@@ -161,9 +158,9 @@ def keys(got: list[dg.RunRequest]) -> list[tuple[str, str]]:
 
 
 def test_windows_sensor_leaves_the_hour_an_ingest_run_refreshed_itself() -> None:
-    """The ingest run refreshes its own (live) hour after its drain: the sensor requests
-    the other touched hours, waits while the run is going, and requests the run's own
-    hour too when the run failed (its windows step may not have run)."""
+    """The ingest run refreshes the live hour after its drain: the sensor requests the
+    other touched hours, waits while the run is going, and requests the live hour too
+    when the run failed (its refresh may not have happened)."""
     sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
     with dg.instance_for_test() as instance:
         ok = ingest_run(instance, hour(11), [hour(10), hour(11)])
@@ -197,8 +194,9 @@ def test_windows_sensor_stops_waiting_for_an_ingest_run_that_never_ends() -> Non
 
 
 def test_windows_sensor_requests_the_own_hour_of_a_run_without_its_windows_step() -> None:
-    """A successful ingest run that did not materialize its hour's windows (launched
-    with only the ingest assets selected) leaves that hour to the sensor."""
+    """A successful ingest run that recorded no windows materialization (its rows did
+    not touch the live hour, or it was launched before this version) leaves every hour
+    it touched to the sensor."""
     sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
     with dg.instance_for_test() as instance:
         run_id = ingest_run(instance, hour(12), [hour(12)])

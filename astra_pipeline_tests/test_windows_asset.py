@@ -12,14 +12,10 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from astra_pipeline.assets import windows as windows_asset_module
+from astra_pipeline.assets import window_refresh as windows_asset_module
 from astra_pipeline.assets.ingest import IngestConfig, drain
-from astra_pipeline.assets.windows import (
-    WindowsConfig,
-    partition_key,
-    rollups_due,
-    windowed_aggregates,
-)
+from astra_pipeline.assets.window_refresh import partition_key, rollups_due
+from astra_pipeline.assets.windows import WindowsConfig, windowed_aggregates
 from astra_pipeline.checks.windows import WINDOW_CHECKS
 from astra_pipeline.simulator import SimulatedMessage, SimulatorConfig, generate
 from resources.window_store import WINDOW_TABLES

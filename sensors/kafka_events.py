@@ -2,12 +2,11 @@
 
 It only looks: the partitions' high watermarks against the consumer group's committed
 offsets (which an ingest run commits right after its ledger transaction). It never opens
-the DuckDB file, so it can never wait on, or fail because of, the writer lock. A run is
-for the windowed_aggregates partition of the current hour, which it refreshes after its
-drain (see jobs.build_ingest_job).
+the DuckDB file, so it can never wait on, or fail because of, the writer lock. A run has
+no partition; it refreshes the live hour's windows after its drain (see
+jobs.build_ingest_job).
 """
 
-import datetime as dt
 import hashlib
 import time
 
@@ -15,7 +14,6 @@ import dagster as dg
 from pydantic import BaseModel
 
 from astra_pipeline.assets.ingest import RAW_EVENTS
-from astra_pipeline.assets.windows import partition_key
 from astra_pipeline.jobs import INGEST_JOB_NAME
 from resources.dagster_internals import AssetJob
 from resources.kafka import KafkaResource
@@ -53,12 +51,6 @@ def _last_run_stopped_early(context: dg.SensorEvaluationContext) -> bool:
         return False
     value = event.asset_materialization.metadata.get("reached_eof")
     return value is not None and value.value is False
-
-
-def current_hour_key(now: dt.datetime | None = None) -> str:
-    """The windowed_aggregates partition of the hour ``now`` (default: the clock) is in."""
-    moment = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    return partition_key(moment.replace(minute=0, second=0, microsecond=0))
 
 
 def build_kafka_events_sensor(
@@ -100,8 +92,6 @@ def build_kafka_events_sensor(
             run_requests.append(
                 dg.RunRequest(
                     run_key=run_key_for(watermarks, committed),
-                    # The run refreshes this hour's windows after its drain (the live hour).
-                    partition_key=current_hour_key(),
                     tags={"astra/kafka_lag": str(lag)},
                 )
             )

@@ -9,10 +9,10 @@ neighbours whose windows they change, the new hour when a run was for the one be
 each once per trigger, and no untouched history. Dagster's eager automation would only
 refresh the latest partition.
 
-The ingest run refreshes its own hour (the live one) itself, after its drain. So the
-sensor leaves that hour out when the run succeeded and materialized it, requests it
-otherwise (a failed run, or one launched without the windows step), and waits while
-the run is still going: a
+The ingest run refreshes the live hour itself, after its drain, when its rows touched
+it (assets.ingest.refresh_live_hour). So the sensor leaves out the hour a run succeeded
+in materializing, requests it otherwise (a failed run), and waits while the run is still
+going: a
 materialization of an unfinished run is not consumed (the cursor stops before it), for
 at most RUN_WAIT_S, after which the hour is requested as for a failed run.
 """
@@ -27,17 +27,12 @@ from pydantic import BaseModel
 
 from astra_pipeline.assets.ingest import CLEANED_EVENTS
 from astra_pipeline.assets.run_priority import NICENESS_TAG
-from astra_pipeline.assets.windows import (
-    HOURLY,
-    WINDOWED_AGGREGATES,
-    partition_hour,
-    partition_key,
-)
+from astra_pipeline.assets.window_refresh import partition_hour, partition_key
+from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES
 from astra_pipeline.jobs import INGEST_JOB_NAME
 from astra_pipeline.run_tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
-    PARTITION_NAME_TAG,
     PRIORITY_TAG,
 )
 from astra_pipeline.transforms.partition_windows import contiguous_ranges
@@ -140,7 +135,7 @@ def _ingest_run(record: EventLogRecord, instance: DagsterInstance) -> dg.Dagster
     if not record.run_id:
         return None
     run = instance.get_run_by_id(record.run_id)
-    if run is None or run.job_name != INGEST_JOB_NAME or PARTITION_NAME_TAG not in run.tags:
+    if run is None or run.job_name != INGEST_JOB_NAME:
         return None
     return run
 
@@ -174,7 +169,11 @@ def _touched_hours(
         value = materialization.metadata.get("touched_hours") if materialization else None
         if value is not None and isinstance(value.value, list):
             own, rollups_deferred = _refreshed_by_the_run(record, run, instance)
-            if own is not None and rollups_deferred and not _refreshed_again(run, instance):
+            if (
+                own is not None
+                and rollups_deferred
+                and not _refreshed_again(record, own, record.run_id, instance)
+            ):
                 if _may_still_be_refreshed(record, own):
                     break
                 own = None  # a full refresh of the hour computes its roll-ups
@@ -191,26 +190,24 @@ def _refreshed_by_the_run(
     record: EventLogRecord, run: dg.DagsterRun | None, instance: DagsterInstance
 ) -> tuple[dt.datetime | None, bool]:
     """The hour ingest ``run`` (behind ``record``) refreshed itself: it succeeded and
-    recorded a windowed_aggregates materialization of its partition after ``record``
-    (a run launched with only the ingest assets selected did not); None otherwise. And
-    whether that refresh left the hour's roll-ups for later (``rollups: deferred``)."""
+    recorded a windowed_aggregates materialization after ``record`` (a run whose rows did
+    not touch the live hour recorded none); None otherwise. And whether that refresh
+    left the hour's roll-ups for later (``rollups: deferred``)."""
     if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
         return None, False
-    key = run.tags[PARTITION_NAME_TAG]
     later = instance.fetch_materializations(
-        dg.AssetRecordsFilter(
-            asset_key=WINDOWED_AGGREGATES,
-            asset_partitions=[key],
-            after_storage_id=record.storage_id,
-        ),
+        dg.AssetRecordsFilter(asset_key=WINDOWED_AGGREGATES, after_storage_id=record.storage_id),
         limit=FETCH_LIMIT,
         ascending=True,
     )
-    mine = [r.asset_materialization for r in later.records if r.run_id == run.run_id]
+    mine = [r for r in later.records if r.run_id == run.run_id and r.partition_key]
     if not mine:
         return None, False
-    rollups = mine[-1].metadata.get("rollups") if mine[-1] else None
-    return partition_hour(key), rollups is not None and rollups.value == "deferred"
+    materialization = mine[-1].asset_materialization
+    rollups = materialization.metadata.get("rollups") if materialization else None
+    return partition_hour(str(mine[-1].partition_key)), (
+        rollups is not None and rollups.value == "deferred"
+    )
 
 
 def _may_still_be_refreshed(record: EventLogRecord, own: dt.datetime) -> bool:
@@ -221,23 +218,22 @@ def _may_still_be_refreshed(record: EventLogRecord, own: dt.datetime) -> bool:
     return ongoing and time.time() - record.timestamp <= ROLLUP_WAIT_S
 
 
-def _refreshed_again(run: dg.DagsterRun | None, instance: DagsterInstance) -> bool:
-    """Whether an ingest run of the same partition was created after ``run`` (it
-    refreshes the hour again, roll-ups included when they are due)."""
-    if run is None:
-        return False
-    record = instance.get_run_record_by_id(run.run_id)
-    if record is None:
-        return False
-    later = instance.get_run_records(
-        filters=dg.RunsFilter(
-            job_name=INGEST_JOB_NAME,
-            tags={PARTITION_NAME_TAG: run.tags[PARTITION_NAME_TAG]},
-            created_after=record.create_timestamp,
+def _refreshed_again(
+    record: EventLogRecord, own: dt.datetime, run_id: str | None, instance: DagsterInstance
+) -> bool:
+    """Whether another run materialized hour ``own`` after ``record`` (a later ingest run
+    of the live hour: it computes the roll-ups when they are due, or defers them again
+    and its own record is judged the same way; or a full refresh)."""
+    later = instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=WINDOWED_AGGREGATES,
+            asset_partitions=[partition_key(own)],
+            after_storage_id=record.storage_id,
         ),
-        limit=2,
+        limit=FETCH_LIMIT,
+        ascending=True,
     )
-    return any(r.dagster_run.run_id != run.run_id for r in later)
+    return any(r.run_id != run_id for r in later.records)
 
 
 def _materialized_hours(

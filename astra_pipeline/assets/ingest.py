@@ -17,6 +17,13 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from astra_pipeline.assets.window_audit import AUDITS
+from astra_pipeline.assets.window_refresh import (
+    WINDOWED_AGGREGATES,
+    hour_of,
+    partition_key,
+    refresh_hours,
+)
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
 from astra_pipeline.transforms.windows import touched_hours
 from resources.deadletter_store import (
@@ -41,6 +48,10 @@ RAW_EVENTS = dg.AssetKey("raw_events")
 CLEANED_EVENTS = dg.AssetKey("cleaned_events")
 DEAD_LETTER_EVENTS = dg.AssetKey("dead_letter_events")
 WRITER_POOL = "duckdb_writer"
+
+
+IngestEvent = dg.MaterializeResult | dg.AssetMaterialization | dg.AssetCheckEvaluation  # type: ignore[type-arg]
+"""What an ingest run yields: its assets' results, the live hour's windows and checks."""
 
 
 class IngestConfig(dg.Config):
@@ -295,7 +306,7 @@ def build_ingest_events(defaults: IngestConfig) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext,
         kafka: KafkaResource,
         warehouse: DuckDBWarehouseResource,
-    ) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]
+    ) -> Iterator[IngestEvent]:
         config = IngestConfig(**context.op_execution_context.op_config)
         started = time.monotonic()
         totals = IngestTotals()
@@ -311,12 +322,43 @@ def build_ingest_events(defaults: IngestConfig) -> dg.AssetsDefinition:
             raise
         seconds = round(time.monotonic() - started, 3)
         yield from _results(totals, seconds, _table_rows(warehouse, context.log))
+        yield from refresh_live_hour(warehouse, totals, context.run.run_id)
 
     return ingest_events
 
 
 ingest_events = build_ingest_events(IngestConfig())
 """With the class defaults: for tests that pass their own run config."""
+
+
+def refresh_live_hour(
+    warehouse: DuckDBWarehouseResource, totals: IngestTotals, run_id: str
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
+    """Refresh the windows of the live hour (the clock's) when the run's new rows touched
+    it, incrementally (only the windows those rows fall in), and record that
+    windowed_aggregates partition's materialization and its checks' evaluations.
+
+    Here and not as a windowed_aggregates step of the ingest job: such a job would be
+    partitioned, so a run launched without a partition (`dg launch`, the launchpad)
+    failed, and the ingest assets' checks got a planned twin per partition that never
+    ran. The other hours the run touched (late events, the hour before when the run
+    crossed the hour) are refreshed by cleaned_events_windows_sensor, and the live hour
+    too when this refresh did not happen (a failed run)."""
+    hour = hour_of(dt.datetime.now(dt.UTC))
+    if hour not in totals.touched_hours:
+        return
+    refresh = refresh_hours(warehouse, hour, hour, run_id, since_last_refresh=True)
+    key = partition_key(hour)
+    yield dg.AssetMaterialization(WINDOWED_AGGREGATES, partition=key, metadata=refresh.metadata)
+    for name, audit in AUDITS.items():
+        result = audit(warehouse, (hour, hour))
+        yield dg.AssetCheckEvaluation(
+            asset_key=WINDOWED_AGGREGATES,
+            check_name=name,
+            passed=result.passed,
+            metadata=result.metadata,
+            partition=key,
+        )
 
 
 def _table_rows(

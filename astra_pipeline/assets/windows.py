@@ -1,78 +1,38 @@
 """Group `aggregate`: windowed_aggregates, hourly partitions on event time.
 
-A run covers one partition (a live refresh) or a range (a backfill, single run): it
-reads the clean rows the range needs, computes every window table and replaces the
-range's rows, one transaction per day of the range.
+A run covers one partition or a range (a backfill, single run): it reads the clean
+rows the range needs, computes every window table and replaces the range's rows, one
+transaction per day of the range (assets/window_refresh.py). The live hour is refreshed
+by the ingest run itself, which records that partition's materialization.
 """
 
 import datetime as dt
-import time
 import warnings
 
 import dagster as dg
-import polars as pl
 
 from astra_pipeline.assets.ingest import CLEANED_EVENTS, WRITER_POOL
-from astra_pipeline.transforms.live_windows import increment_scope, window_increment
-from astra_pipeline.transforms.partition_windows import (
-    compute_partition_windows,
-    hours_between,
-    input_ranges,
+from astra_pipeline.assets.window_refresh import (
+    WINDOWED_AGGREGATES as WINDOWED_AGGREGATES,  # the asset's key, defined beside its refresh
 )
+from astra_pipeline.assets.window_refresh import refresh_hours
 from astra_pipeline.transforms.windows import HOUR
-from resources.warehouse import DuckDBWarehouseResource, WarehouseSession
-from resources.window_store import (
-    PartitionRecord,
-    clean_rows_since,
-    load_clean,
-    load_clean_in,
-    partition_record,
-    record_partitions,
-    record_rollups,
-    replace_sessions_of,
-    replace_window_ranges,
-    replace_windows,
-    rollups_record,
-)
+from resources.warehouse import DuckDBWarehouseResource
 
 # backfill_policy is beta in Dagster 1.13; it is used knowingly, so its warning is noise
 # in every CLI call and test run.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
-WINDOWED_AGGREGATES = dg.AssetKey("windowed_aggregates")
 PARTITIONS_START = "2026-01-01-00:00"
-PARTITION_KEY_FORMAT = "%Y-%m-%d-%H:%M"
 HOURLY = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
 """Hourly partitions on event time, up to and including the current hour."""
-
-CHUNK = dt.timedelta(days=1)
-"""A backfill writes one transaction per day of its range: bounded memory, and a
-crash loses at most the day in progress (the next run replaces it whole)."""
-
-ROLLUP_EVERY = dt.timedelta(seconds=60)
-"""An incremental refresh of the live hour recomputes its hourly roll-ups (sensor_1h,
-user_1h: p95 and stddev need every value of the hour, millions late in a busy hour) only
-when they are this old; in between they lag (metadata ``rollups: deferred``). An hour
-that has ended gets them on every refresh."""
-
-DETAIL_LIMIT = 48
-"""Per-partition metadata (amendments, late events) is listed for ranges up to this."""
 
 
 class WindowsConfig(dg.Config):
     since_last_refresh: bool = False
     """Refresh a single partition incrementally: recompute only the windows that clean
-    rows ingested since its last refresh fall in (the ingest job sets this for its live
+    rows ingested since its last refresh fall in (how an ingest run refreshes its live
     hour). The first refresh of a partition, and every range, is computed in full."""
-
-
-def partition_key(hour: dt.datetime) -> str:
-    return hour.astimezone(dt.UTC).strftime(PARTITION_KEY_FORMAT)
-
-
-def partition_hour(key: str) -> dt.datetime:
-    """The start of the hour a partition key names (the inverse of partition_key)."""
-    return dt.datetime.strptime(key, PARTITION_KEY_FORMAT).replace(tzinfo=dt.UTC)
 
 
 @dg.asset(
@@ -94,153 +54,12 @@ def windowed_aggregates(
     warehouse: DuckDBWarehouseResource,
     config: WindowsConfig,
 ) -> dg.MaterializeResult:  # type: ignore[type-arg]
-    started = time.monotonic()
     window = context.partition_time_window
-    hours = hours_between(window.start, window.end)
-    warehouse.ensure_schema()
-    rows: dict[str, int] = {}
-    records = []
-    mode = "full"
-    rollups = "current"
-    for chunk_start in hours[:: int(CHUNK / HOUR)]:
-        chunk_end = min(chunk_start + CHUNK, hours[-1] + HOUR)
-        with warehouse.transaction() as tx:
-            now = dt.datetime.now(dt.UTC)
-            previous = (
-                partition_record(tx, chunk_start)
-                if config.since_last_refresh and len(hours) == 1
-                else None
-            )
-            if previous is not None and previous.seen_until is not None:
-                last_rollup = rollups_record(tx, chunk_start)
-                refreshed = _refresh_since(
-                    tx, chunk_start, previous, previous.seen_until, last_rollup, now
-                )
-                if refreshed is None:
-                    current = last_rollup is not None and last_rollup[1] == previous.seen_until
-                    return _unchanged(previous, current, started)
-                mode = "since_last_refresh"
-            else:
-                refreshed = _refresh_in_full(tx, chunk_start, chunk_end, now)
-            written, stats, seen_until, rolled_up = refreshed
-            if not rolled_up:
-                rollups = "deferred"
-            for name, count in written.items():
-                rows[name] = rows.get(name, 0) + count
-            records.append(record_partitions(tx, stats, context.run.run_id, seen_until, now))
-    partitions = [r for frame in records for r in frame.iter_rows(named=True)]
-    seconds = round(time.monotonic() - started, 3)
-    if len(partitions) == 1:
-        (only,) = partitions
-        metadata: dict[str, dg.RawMetadataValue] = {
-            "dagster/row_count": sum(rows.values()),
-            **{f"rows_{name}": count for name, count in sorted(rows.items())},
-            "cleaned_events": only["cleaned_events"],
-            "late_events": only["late_events"],
-            "amendments": only["materializations"] - 1,
-        }
-    else:
-        # Dagster stamps a range run's one result on every partition of the range (no
-        # per-partition results from one run yet): figures summed over the range would
-        # read as each hour's. So no dagster/row_count here; the run's totals carry a
-        # run_ prefix, and each hour's own figures are under per_partition.
-        metadata = {
-            **{f"run_rows_{name}": count for name, count in sorted(rows.items())},
-            "run_cleaned_events": sum(p["cleaned_events"] for p in partitions),
-            "run_late_events": sum(p["late_events"] for p in partitions),
-            "run_amended_partitions": sum(p["materializations"] > 1 for p in partitions),
-        }
-    metadata.update(
-        {
-            "partitions": len(partitions),
-            "refresh": mode,
-            "rollups": rollups,
-            "seconds": seconds,
-        }
+    refresh = refresh_hours(
+        warehouse,
+        window.start,
+        window.end - HOUR,
+        context.run.run_id,
+        since_last_refresh=config.since_last_refresh,
     )
-    if len(partitions) <= DETAIL_LIMIT:
-        metadata["per_partition"] = dg.MetadataValue.json(
-            {
-                partition_key(p["partition_start"]): {
-                    "amendments": p["materializations"] - 1,
-                    "late_events": p["late_events"],
-                    "cleaned_events": p["cleaned_events"],
-                }
-                for p in partitions
-            }
-        )
-    return dg.MaterializeResult(metadata=metadata)
-
-
-def rollups_due(hour: dt.datetime, last: dt.datetime | None, now: dt.datetime) -> bool:
-    """Whether an incremental refresh of partition ``hour`` recomputes its hourly
-    roll-ups: never computed, computed ROLLUP_EVERY ago or more, or the hour has ended."""
-    return last is None or now - last >= ROLLUP_EVERY or hour + HOUR <= now
-
-
-Refreshed = tuple[dict[str, int], pl.DataFrame, dt.datetime | None, bool]
-"""Rows written per table, the partitions' cleaned/late counts, seen_until, and whether
-the hourly roll-ups were computed."""
-
-
-def _refresh_in_full(
-    tx: WarehouseSession, start: dt.datetime, end: dt.datetime, now: dt.datetime
-) -> Refreshed:
-    (r_from, r_until), (a_from, a_until) = input_ranges(start, end)
-    clean = load_clean(tx, r_from, r_until, a_from, a_until)
-    computed = compute_partition_windows(clean.readings, clean.activity, start, end)
-    written = replace_windows(tx, start, end, computed.tables)
-    record_rollups(tx, hours_between(start, end), clean.seen_until, now)
-    return written, computed.stats, clean.seen_until, True
-
-
-def _refresh_since(
-    tx: WarehouseSession,
-    hour: dt.datetime,
-    previous: PartitionRecord,
-    since: dt.datetime,
-    last_rollup: tuple[dt.datetime, dt.datetime | None] | None,
-    now: dt.datetime,
-) -> Refreshed | None:
-    """Recompute the windows of the partition that rows ingested after ``since`` (its
-    last refresh's seen_until) fall in, the hourly roll-ups at most every ROLLUP_EVERY
-    while the hour lasts (``last_rollup``: when they were last computed, and from which
-    snapshot); None when there are no such rows."""
-    (r_from, r_until), (a_from, a_until) = input_ranges(hour, hour + HOUR)
-    new_readings, new_activity = clean_rows_since(tx, since, r_from, r_until, a_from, a_until)
-    if new_readings.height == 0 and new_activity.height == 0:
-        return None
-    rollups = rollups_due(hour, last_rollup[0] if last_rollup else None, now)
-    scope = increment_scope(new_readings, new_activity, hour, rollups=rollups)
-    clean = load_clean_in(
-        tx, scope.reading_ranges, scope.activity_ranges, scope.session_users, scope.session_range
-    )
-    increment = window_increment(clean.readings, clean.activity, scope)
-    written = replace_window_ranges(tx, increment.tables, scope.ranges)
-    written["user_sessions"] = replace_sessions_of(
-        tx, hour, scope.session_users, increment.tables["user_sessions"]
-    )
-    if rollups:
-        record_rollups(tx, [hour], clean.seen_until, now)
-    stats = scope.stats.with_columns(
-        pl.col("cleaned_events") + previous.cleaned_events,
-        pl.col("late_events") + previous.late_events,
-    )
-    return written, stats, clean.seen_until, rollups
-
-
-def _unchanged(
-    previous: PartitionRecord, rollups_current: bool, started: float
-) -> dg.MaterializeResult:  # type: ignore[type-arg]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": 0,
-            "partitions": 1,
-            "cleaned_events": previous.cleaned_events,
-            "late_events": previous.late_events,
-            "amendments": previous.materializations - 1,
-            "refresh": "unchanged",
-            "rollups": "current" if rollups_current else "deferred",
-            "seconds": round(time.monotonic() - started, 3),
-        }
-    )
+    return dg.MaterializeResult(metadata=refresh.metadata)

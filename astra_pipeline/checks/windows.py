@@ -4,63 +4,27 @@ A run's partition tags (one hour, or the range of a backfill) name the hours it
 replaced; each check looks at exactly those hours, in their state when the check runs
 (another run may have refreshed one of them since: the pool is held per step), with
 the snapshot bound (seen_until) ops.window_partitions records for them. Checks executed
-on their own (from the UI, a run without partitions) look at every partition.
+on their own (from the UI, a run without partitions) look at every partition. What each
+verifies is in assets/window_audit.py, which the ingest run also uses for the live hour
+it refreshes.
 """
-
-import datetime as dt
 
 import dagster as dg
 
-from astra_pipeline.assets.windows import WINDOWED_AGGREGATES, partition_hour
+from astra_pipeline.assets.window_audit import AUDITS, HourRange
+from astra_pipeline.assets.window_refresh import partition_hour
+from astra_pipeline.assets.windows import WINDOWED_AGGREGATES
 from astra_pipeline.checks.run_partitions import run_partition_keys
-from resources.tables import (
-    AGG_SENSOR_1H,
-    AGG_SENSOR_1M,
-    AGG_SENSOR_5M_SLIDING,
-    AGG_USER_1H,
-    AGG_USER_1M,
-    AGG_USER_SESSIONS,
-    SENSOR_READINGS,
-    USER_ACTIVITY,
-    WINDOW_PARTITIONS,
-)
 from resources.warehouse import DuckDBWarehouseResource
 
-EXAMPLES = 20
 
-# The hours of the run being checked (every hour for a run without partitions), as a
-# CTE every check starts from; its parameters are _run_range's.
-_RUN_HOURS = (
-    f"run_hours AS (SELECT partition_start AS h, seen_until FROM {WINDOW_PARTITIONS} "
-    "WHERE CAST(? AS TIMESTAMPTZ) IS NULL OR partition_start BETWEEN ? AND ?)"
-)
-
-
-def _run_range(context: dg.AssetCheckExecutionContext) -> list[dt.datetime | None]:
-    """_RUN_HOURS' parameters: the run's first hour (twice) and last hour, or NULLs."""
+def _run_hours(context: dg.AssetCheckExecutionContext) -> HourRange:
+    """The run's first and last hour, or None (every partition) for a run without."""
     keys = run_partition_keys(context.run.tags)
     if keys is None:
-        return [None, None, None]
+        return None
     first, last = (partition_hour(key) for key in keys)
-    return [first, first, last]
-
-
-def _examples(frame_rows: list[tuple[object, ...]]) -> dg.MetadataValue:
-    return dg.MetadataValue.json([list(map(str, row)) for row in frame_rows[:EXAMPLES]])
-
-
-def _no_rows(
-    warehouse: DuckDBWarehouseResource,
-    context: dg.AssetCheckExecutionContext,
-    selects: list[str],
-    label: str,
-) -> dg.AssetCheckResult:
-    """Passes when none of ``selects`` (each joined to run_hours) returns a row."""
-    found = warehouse.query(
-        f"WITH {_RUN_HOURS} " + " UNION ALL ".join(selects) + f" LIMIT {EXAMPLES}",
-        _run_range(context),
-    )
-    return dg.AssetCheckResult(passed=found.height == 0, metadata={label: _examples(found.rows())})
+    return first, last
 
 
 @dg.asset_check(
@@ -71,39 +35,7 @@ def _no_rows(
 def windowed_aggregates_complete(
     context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouseResource
 ) -> dg.AssetCheckResult:
-    # Clean rows ingested after the run read its snapshot are not expected in its windows.
-    wrong = warehouse.query(
-        f"""
-        WITH {_RUN_HOURS},
-        clean AS (
-            SELECT r.h, count(c.ts) AS n FROM run_hours AS r LEFT JOIN (
-                SELECT ts, ingested_at FROM {SENSOR_READINGS}
-                UNION ALL SELECT ts, ingested_at FROM {USER_ACTIVITY}) AS c
-              ON c.ts >= r.h AND c.ts < r.h + INTERVAL 1 HOUR AND c.ingested_at <= r.seen_until
-            GROUP BY r.h),
-        windows AS (
-            SELECT r.h, coalesce(sum(w.n), 0) AS n FROM run_hours AS r LEFT JOIN (
-                SELECT window_start, reading_count AS n FROM {AGG_SENSOR_1M}
-                UNION ALL SELECT window_start, event_count FROM {AGG_USER_1M}) AS w
-              ON w.window_start >= r.h AND w.window_start < r.h + INTERVAL 1 HOUR
-            GROUP BY r.h)
-        SELECT clean.h, clean.n AS clean_events, windows.n AS window_events
-        FROM clean JOIN windows USING (h) WHERE clean.n <> windows.n ORDER BY clean.h
-        """,
-        _run_range(context),
-    )
-    checked = warehouse.query(
-        f"WITH {_RUN_HOURS} SELECT count(*) AS n FROM run_hours",
-        _run_range(context),
-    ).item()
-    return dg.AssetCheckResult(
-        passed=wrong.height == 0,
-        metadata={
-            "partitions_checked": checked,
-            "incomplete": wrong.height,
-            "examples": _examples(wrong.rows()),
-        },
-    )
+    return AUDITS["windowed_aggregates_complete"](warehouse, _run_hours(context))
 
 
 @dg.asset_check(
@@ -113,26 +45,7 @@ def windowed_aggregates_complete(
 def windowed_aggregates_windows_in_partition(
     context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouseResource
 ) -> dg.AssetCheckResult:
-    shapes = [
-        (AGG_SENSOR_1M, "1 MINUTE", "minute"),
-        (AGG_USER_1M, "1 MINUTE", "minute"),
-        (AGG_SENSOR_1H, "1 HOUR", "hour"),
-        (AGG_USER_1H, "1 HOUR", "hour"),
-        (AGG_SENSOR_5M_SLIDING, "5 MINUTE", "minute"),
-    ]
-    parts = [
-        f"SELECT '{table}' AS tbl, window_start AS start_ts, window_end AS end_ts FROM {table} "
-        "JOIN run_hours ON window_start >= h AND window_start < h + INTERVAL 1 HOUR "
-        f"WHERE window_end - window_start <> INTERVAL {length} "
-        f"OR date_trunc('{unit}', window_start) <> window_start"
-        for table, length, unit in shapes
-    ]
-    parts.append(
-        f"SELECT '{AGG_USER_SESSIONS}', session_start, session_end FROM {AGG_USER_SESSIONS} "
-        "JOIN run_hours ON session_start >= h AND session_start < h + INTERVAL 1 HOUR "
-        "WHERE session_end < session_start OR session_end >= h + INTERVAL 1 HOUR"
-    )
-    return _no_rows(warehouse, context, parts, "misplaced")
+    return AUDITS["windowed_aggregates_windows_in_partition"](warehouse, _run_hours(context))
 
 
 @dg.asset_check(
@@ -142,43 +55,7 @@ def windowed_aggregates_windows_in_partition(
 def windowed_aggregates_within_bounds(
     context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouseResource
 ) -> dg.AssetCheckResult:
-    # Bounds of the contract (astra_pipeline.events): -60..85 degC, 0..100 % humidity and
-    # battery; a tiny tolerance absorbs floating error in means and interpolated p95.
-    sensor_rule = " OR ".join(
-        [
-            "reading_count < 1",
-            "temperature_c_min < -60 OR temperature_c_max > 85",
-            "humidity_pct_min < 0 OR humidity_pct_max > 100",
-            "battery_min < 0 OR battery_min > 100",
-            "temperature_c_mean < temperature_c_min - 1e-9",
-            "temperature_c_mean > temperature_c_max + 1e-9",
-            "temperature_c_p95 < temperature_c_min - 1e-9",
-            "temperature_c_p95 > temperature_c_max + 1e-9",
-            "humidity_pct_mean < humidity_pct_min - 1e-9",
-            "humidity_pct_mean > humidity_pct_max + 1e-9",
-            "coalesce(temperature_c_stddev, 0) < 0",
-            "count_ok + count_degraded + count_fault <> reading_count",
-        ]
-    )
-    user_rule = (
-        "event_count < 1 OR page_views < 0 OR carts < 0 OR purchases < 0 OR revenue < 0 "
-        "OR page_views + carts + purchases > event_count"
-    )
-    queries = [
-        f"SELECT '{t}' AS tbl, device_id AS id, window_start FROM {t} JOIN run_hours "
-        f"ON window_start >= h AND window_start < h + INTERVAL 1 HOUR WHERE {sensor_rule}"
-        for t in (AGG_SENSOR_1M, AGG_SENSOR_1H)
-    ] + [
-        f"SELECT '{t}', user_id, window_start FROM {t} JOIN run_hours "
-        f"ON window_start >= h AND window_start < h + INTERVAL 1 HOUR WHERE {user_rule}"
-        for t in (AGG_USER_1M, AGG_USER_1H)
-    ]
-    queries.append(
-        f"SELECT '{AGG_USER_SESSIONS}', user_id, session_start FROM {AGG_USER_SESSIONS} "
-        "JOIN run_hours ON session_start >= h AND session_start < h + INTERVAL 1 HOUR "
-        "WHERE event_count < 1 OR purchase_count < 0 OR revenue < 0 OR duration_s < 0"
-    )
-    return _no_rows(warehouse, context, queries, "out_of_bounds")
+    return AUDITS["windowed_aggregates_within_bounds"](warehouse, _run_hours(context))
 
 
 @dg.asset_check(
@@ -188,23 +65,7 @@ def windowed_aggregates_within_bounds(
 def windowed_aggregates_sessions_disjoint(
     context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouseResource
 ) -> dg.AssetCheckResult:
-    overlapping = warehouse.query(
-        f"""
-        WITH {_RUN_HOURS}, ordered AS (
-            SELECT user_id, session_start, session_end,
-                   lag(session_end) OVER (PARTITION BY user_id ORDER BY session_start) AS prev_end
-            FROM {AGG_USER_SESSIONS}
-            WHERE session_start >= (SELECT min(h) FROM run_hours) - INTERVAL 1 HOUR
-              AND session_start < (SELECT max(h) FROM run_hours) + INTERVAL 2 HOUR)
-        SELECT user_id, session_start, prev_end FROM ordered
-        WHERE prev_end IS NOT NULL AND session_start <= prev_end
-        ORDER BY user_id, session_start LIMIT {EXAMPLES}
-        """,
-        _run_range(context),
-    )
-    return dg.AssetCheckResult(
-        passed=overlapping.height == 0, metadata={"overlaps": _examples(overlapping.rows())}
-    )
+    return AUDITS["windowed_aggregates_sessions_disjoint"](warehouse, _run_hours(context))
 
 
 WINDOW_CHECKS = [

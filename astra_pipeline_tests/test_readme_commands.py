@@ -1,0 +1,265 @@
+"""The README's "Using it" commands, verbatim, against a running dev platform.
+
+The commands are read from README.md (so the README cannot drift from what is tested)
+and run with bash, as typed, from a folder laid out like a checkout (its `.venv` is this
+one's) while `astra dev` runs there. Each answer must be about the data that platform
+ingested: the same warehouse, the same broker, the same Dagster instance. At the end,
+Ctrl-C stops the platform with one summary line, no traceback and no failed run.
+
+Two settings point the commands at this platform's free ports instead of 9092 and
+3000 (ASTRA_KAFKA_BOOTSTRAP_SERVERS, ASTRA_DAGSTER_URL): the commands' text is not
+changed. `<backfill id>` is the one placeholder: it gets the id the backfill before it
+printed.
+
+It takes about three minutes, so it is not part of `make test` (kept under ten
+minutes): `make test-readme` runs it, and so does CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV = Path(sys.executable).resolve().parent.parent
+pytestmark = pytest.mark.readme
+
+
+def readme_commands(text: str) -> list[str]:
+    """The shell commands of the README's "Using it" section: its indented lines that
+    are not comments, with backslash continuations joined."""
+    section = text.split("\n## Using it\n", 1)[1].split("\n## ", 1)[0]
+    commands: list[str] = []
+    pending = ""
+    for line in section.splitlines():
+        if not line.startswith("    ") or line.strip().startswith("#"):
+            continue
+        part = line.strip()
+        if part.endswith("\\"):
+            pending += part[:-1].rstrip() + " "
+            continue
+        commands.append(pending + part)
+        pending = ""
+    return commands
+
+
+def test_readme_commands_are_extracted_whole() -> None:
+    commands = readme_commands((REPO / "README.md").read_text())
+    assert commands and all(c.startswith((".venv/bin/", "DAGSTER_HOME=")) for c in commands)
+    assert not any(c.endswith("\\") for c in commands)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for(predicate, timeout_s: float, what: str, interval_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def _ui_up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+class Shell:
+    """Runs commands with bash in the checkout folder, with the platform's settings."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder = folder
+        self.env = env
+
+    def run(self, command: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=self.folder,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        assert "Traceback" not in done.stderr, f"{command}\n{done.stderr[-3000:]}"
+        assert done.returncode == 0, f"{command}: exit {done.returncode}\n{done.stderr[-3000:]}"
+        return done
+
+    def interrupted(self, command: str, after_s: float) -> tuple[int, str, str]:
+        """Start ``command``, Ctrl-C it after ``after_s`` (as a terminal would: the
+        whole foreground group), return its exit code and output."""
+        process = subprocess.Popen(
+            ["bash", "-c", f"exec {command}"],
+            cwd=self.folder,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        time.sleep(after_s)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+        assert "Traceback" not in err, f"{command}\n{err[-3000:]}"
+        return process.returncode, out, err
+
+    def sql(self, query: str) -> list[dict[str, object]]:
+        done = self.run(f".venv/bin/astra sql --format json {json.dumps(query)}")
+        return list(json.loads(done.stdout))
+
+
+def _count(shell: Shell, table: str) -> int:
+    return int(shell.sql(f"SELECT count(*) AS n FROM {table}")[0]["n"])
+
+
+def _failed_runs(home: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(home / "storage" / "runs.db") as db:
+        return db.execute(
+            "SELECT pipeline_name, run_id FROM runs WHERE status = 'FAILURE'"
+        ).fetchall()
+
+
+def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
+    commands = readme_commands((REPO / "README.md").read_text())
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / ".venv").symlink_to(VENV)
+    ui_port, broker_port = _free_port(), _free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("ASTRA_", "DAGSTER_"))
+    }
+    env |= {
+        "ASTRA_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{broker_port}",
+        "ASTRA_DAGSTER_URL": f"http://127.0.0.1:{ui_port}",
+    }
+    shell = Shell(checkout, env)
+    log = tmp_path / "dev.log"
+    with log.open("w") as sink:
+        dev = subprocess.Popen(
+            [".venv/bin/astra", "dev", "--port", str(ui_port), "--broker-port", str(broker_port)],
+            cwd=checkout,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        _wait_for(lambda: _ui_up(env["ASTRA_DAGSTER_URL"]), 120, "the dev UI")
+        _wait_for(
+            lambda: (
+                (checkout / "data" / "astra.duckdb").exists() and _count(shell, "raw.events") > 0
+            ),
+            120,
+            "the dev platform's first ingest",
+            interval_s=3,
+        )
+        _run_readme(shell, commands, checkout)
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGINT)
+        try:
+            dev.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait()
+    output = log.read_text()
+    assert dev.returncode == 0, output[-3000:]
+    assert "Traceback" not in output, output[-5000:]
+    assert output.rstrip().splitlines()[-1].startswith("stopped: "), output[-2000:]
+    assert _failed_runs(checkout / ".dagster_home") == []
+
+
+def _run_readme(shell: Shell, commands: list[str], checkout: Path) -> None:
+    seen: set[str] = set()
+
+    def command(prefix: str) -> str:
+        found = [c for c in commands if c.startswith(prefix)]
+        assert len(found) == 1, (prefix, found)
+        seen.add(found[0])
+        return found[0]
+
+    schema = json.loads(shell.run(command(".venv/bin/astra schema")).stdout)
+    assert "sensor_reading" in json.dumps(schema)
+
+    # The embedded broker alone: it runs until Ctrl-C, or says in one line that its port
+    # is taken (a developer's own broker on 9092).
+    code, out, err = shell.interrupted(command(".venv/bin/astra broker"), after_s=4)
+    assert (code == 0 and "broker on" in out) or (code == 2 and len(err.splitlines()) == 1)
+
+    raw_before = _count(shell, "raw.events")
+    done = shell.run(command(".venv/bin/astra simulate --count 100000"))
+    assert re.search(r'"seed": \d+', done.stdout), done.stdout
+    code, out, err = shell.interrupted(command(".venv/bin/astra simulate --duration"), after_s=5)
+    assert code == 130, (code, err[-2000:])
+    shell.run(command(".venv/bin/astra simulate --count 200000"), timeout_s=600)
+    # Stored where the pipeline's checks read it (the dev warehouse).
+    assert _count(shell, "ml.anomaly_ground_truth") > 0
+    assert _count(shell, "ml.declining_users_truth") > 0
+
+    shell.run(command(".venv/bin/astra ingest"), timeout_s=600)
+    raw_after = _count(shell, "raw.events")
+    assert raw_after >= raw_before + 300_000, (raw_before, raw_after)
+
+    listed = shell.run(command(".venv/bin/astra deadletter list")).stdout
+    dead = _count(shell, "clean.dead_letter_events")
+    assert dead > 0 and str(dead) in listed.replace(",", ""), listed
+    shell.run(command(".venv/bin/astra deadletter replay"))
+
+    statuses = shell.run(command('.venv/bin/astra sql "SELECT status, count(*)')).stdout
+    readings = _count(shell, "clean.sensor_readings")
+    assert readings > 0 and set(re.findall(r"\b(ok|degraded|fault)\b", statuses)) >= {"ok"}
+    csv = shell.run(command(".venv/bin/astra sql --format csv")).stdout.splitlines()
+    assert len(csv) == 11 and "reason" in csv[0], csv[:2]
+
+    # The live hour's windows come with the ingest runs; the other 11 hours of the
+    # --span-hours 12 history from the windows sensor; alerts from the scoring sensor.
+    windows = shell.run(command('.venv/bin/astra sql "SELECT * FROM agg.sensor_1m')).stdout
+    assert "dev-" in windows, windows
+    _wait_for(lambda: _count(shell, "ml.alerts") > 0, 300, "alerts", interval_s=5)
+    alerts = shell.run(command('.venv/bin/astra sql "SELECT device_id, ts, score')).stdout
+    assert "dev-" in alerts, alerts
+
+    dry = shell.run(command(".venv/bin/astra backfill --last 12 --dry-run")).stdout
+    assert "12 partitions" in dry, dry
+    done = shell.run(command(".venv/bin/astra backfill --last 12 --wait"), timeout_s=700)
+    backfill_id = re.search(r"backfill (\S+):", done.stdout)
+    assert backfill_id and "COMPLETED" in done.stdout, done.stdout
+    resume = command(".venv/bin/astra backfill --resume")
+    done = subprocess.run(
+        ["bash", "-c", resume.replace("<backfill id>", backfill_id.group(1))],
+        cwd=checkout,
+        env=shell.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # A completed backfill has nothing to resume: one line saying so, no traceback.
+    assert "Traceback" not in done.stderr and done.returncode in (0, 2), done.stderr
+    assert len((done.stdout + done.stderr).strip().splitlines()) == 1, done.stdout + done.stderr
+
+    materialized = shell.run(command("DAGSTER_HOME="), timeout_s=600)
+    assert "RUN_SUCCESS" in materialized.stdout + materialized.stderr
+
+    assert seen == set(commands), set(commands) - seen
