@@ -28,7 +28,7 @@ from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES
 from astra_pipeline.events import json_schema_text
 from astra_pipeline.replay import ReplayError, load_repair, replay
 from astra_pipeline.simulator import ANOMALY_KINDS, Simulation, SimulatorConfig
-from astra_pipeline.table_output import FORMATS, render
+from astra_pipeline.table_output import FORMATS, render, terminal_width
 from resources.broker import EmbeddedBroker
 from resources.dagster_api import DagsterGraphQL
 from resources.deadletter_store import Selection, examples, summary
@@ -213,7 +213,7 @@ def cmd_sql(args: argparse.Namespace, settings: AstraSettings) -> int:
     if not args.query.strip():
         raise UsageError('give a query, e.g. astra sql "SELECT count(*) FROM raw.events"')
     frame = _warehouse(settings, args.db).query(args.query)
-    sys.stdout.write(render(frame, args.format, args.max_rows))
+    sys.stdout.write(render(frame, args.format, args.max_rows, terminal_width()))
     return 0
 
 
@@ -402,6 +402,10 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "ASTRA_DUCKDB_PATH": str(warehouse),
         "DAGSTER_HOME": str(home),
+        # A dev session's data starts now (the README's history goes back 12 hours):
+        # partitions from yesterday on, not thousands of empty ones since the default.
+        "ASTRA_PARTITIONS_START": os.environ.get("ASTRA_PARTITIONS_START")
+        or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat(),
     }
     _kafka(settings, broker.bootstrap_servers).create_topics(_topics(settings))
     bin_dir = Path(sys.executable).parent

@@ -1,22 +1,29 @@
 """How `astra sql` prints a result: every column type in every format.
 
 Binary columns (raw messages, keys) print as hex in every format, since neither CSV nor
-JSON has bytes; nested values (lists, structs) print as JSON text in CSV. The table format
-fits the terminal's width; `vertical` prints one `column | value` line per field, a
-record at a time, for results too wide for any terminal.
+JSON has bytes; nested values (lists, structs) print as JSON text in CSV. `vertical`
+prints one `column | value` line per field, a record at a time. The table format is one
+line per row: on a terminal too narrow for it the result prints vertically instead
+(cells wrapped into many narrow lines are unreadable), and into a pipe or a file it has
+no width limit.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import polars as pl
 
 FORMATS = ("table", "vertical", "csv", "json")
+UNLIMITED = 65_535
+"""The widest table polars draws (its width is a 16-bit number)."""
 
 
-def render(frame: pl.DataFrame, fmt: str, max_rows: int) -> str:
+def render(frame: pl.DataFrame, fmt: str, max_rows: int, width: int | None = None) -> str:
+    """``frame`` in format ``fmt``, at most ``max_rows`` rows for table and vertical;
+    ``width`` the terminal's (None: not a terminal, no limit)."""
     frame = _printable(frame, nested_as_json=fmt == "csv")
     if fmt == "csv":
         return frame.write_csv()
@@ -24,11 +31,18 @@ def render(frame: pl.DataFrame, fmt: str, max_rows: int) -> str:
         return frame.write_json() + "\n"
     if fmt == "vertical":
         return _vertical(frame.head(max_rows)) + _cut_note(frame, max_rows)
-    width = shutil.get_terminal_size((120, 24)).columns
-    with pl.Config(
-        tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=max(width, 40)
-    ):
-        return f"{frame}\n"
+    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=UNLIMITED):
+        table = f"{frame}\n"
+    if width is not None and max(map(len, table.splitlines())) > width:
+        return _vertical(frame.head(max_rows)) + _cut_note(frame, max_rows)
+    return table
+
+
+def terminal_width() -> int | None:
+    """The terminal's width when standard output is one, else None."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size((120, 24)).columns
 
 
 def _printable(frame: pl.DataFrame, nested_as_json: bool) -> pl.DataFrame:

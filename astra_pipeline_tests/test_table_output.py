@@ -31,6 +31,18 @@ def test_binary_is_hex_and_nested_is_json_in_csv() -> None:
     assert "b | 00ff7b" in vertical and "(1 more rows: --max-rows)" in vertical
 
 
+def test_a_wide_table_is_one_line_per_row_or_vertical_on_a_narrow_terminal() -> None:
+    frame = pl.DataFrame({f"column_{i}": [f"device-{i:04d}", None] for i in range(18)})
+    piped = render(frame, "table", 10).splitlines()
+    # Into a pipe: no width limit, so each value stays whole on its row's one line.
+    rows = [line for line in piped if line.startswith("│ device-0000")]
+    assert len(rows) == 1 and all(f"device-{i:04d}" in rows[0] for i in range(18))
+    wide_terminal = render(frame, "table", 10, width=len(max(piped, key=len)))
+    assert wide_terminal.splitlines() == piped
+    narrow = render(frame, "table", 10, width=120)
+    assert narrow.startswith("-[ RECORD 1 ]") and "column_17 | device-0017" in narrow
+
+
 def test_every_table_prints_in_every_format(
     kafka: KafkaResource,
     topic: str,
