@@ -18,6 +18,7 @@ from astra_pipeline.assets.ingest import RAW_EVENTS
 from astra_pipeline.definitions import build_definitions
 from astra_pipeline_tests.helpers import counts, produce, settings_for
 from resources.kafka import KafkaResource
+from resources.settings import SettingsError, partitions_start
 from resources.warehouse import DuckDBWarehouseResource
 
 ASTRA = str(Path(sys.executable).parent / "astra")
@@ -63,3 +64,22 @@ def test_an_ingest_launched_without_run_config_ingests_the_settings_topic(
     assert counts(warehouse)["raw"] == produced["total"]
     topics = warehouse.query("SELECT DISTINCT topic FROM raw.events")["topic"].to_list()
     assert topics == [topic]
+
+
+def test_partitions_start_where_the_setting_says() -> None:
+    """ASTRA_PARTITIONS_START is the first hour and day of the partitions (read as the
+    asset modules are imported, so in a fresh interpreter), and a bad value is refused
+    naming the variable."""
+    code = (
+        "from astra_pipeline.assets.windows import HOURLY\n"
+        "from astra_pipeline.assets.features import DAILY\n"
+        "print(HOURLY.start.isoformat(), DAILY.start.isoformat())"
+    )
+    env = {**os.environ, "ASTRA_PARTITIONS_START": "2026-11-20"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.split() == ["2026-11-20T00:00:00+00:00"] * 2, done.stderr
+    with pytest.raises(SettingsError, match="ASTRA_PARTITIONS_START"):
+        partitions_start({"ASTRA_PARTITIONS_START": "yesterday"})
+    assert partitions_start({}).isoformat() == "2026-01-01"

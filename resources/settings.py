@@ -1,12 +1,14 @@
 """The one module that names environment variables.
 
 Everything configurable is read here, when the code location loads (never at import
-time), and handed to resources, sensors and the CLI as a typed object. Every variable is
+time, but for partitions_start), and handed to resources, sensors and the CLI as a typed
+object. Every variable is
 listed with its default in `.env.example`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +40,10 @@ class AstraSettings(BaseModel):
     sensor_interval_s: int = Field(default=5, ge=1)
     sensor_running_by_default: bool = True
     deadletter_rate_threshold: float = Field(default=0.05, ge=0, le=1)
+    # The first UTC day of the hourly and daily partitions: where this deployment's data
+    # can start (events before it are stored, but no window or score covers them). The UI
+    # lists every partition from here to now, so a later start means fewer "missing".
+    partitions_start: dt.date = dt.date(2026, 1, 1)
     # The Dagster webserver `astra backfill` submits to.
     dagster_url: str = "http://127.0.0.1:3000"
     # Postgres serving copy. Either a libpq URL (without the password) or the parts; the
@@ -77,6 +83,16 @@ class AstraSettings(BaseModel):
                 for e in error.errors(include_url=False)
             )
             raise SettingsError(f"invalid environment: {problems}") from None
+
+
+def partitions_start(environ: Mapping[str, str] | None = None) -> dt.date:
+    """ASTRA_PARTITIONS_START alone. The one setting read when a module is imported:
+    Dagster's partitions definitions are module-level objects of the asset modules,
+    which the code location imports as it loads. Only this variable is read, so another
+    variable's bad value cannot stop an import."""
+    env = os.environ if environ is None else environ
+    key = env_var_name("partitions_start")
+    return AstraSettings.from_env({key: env[key]} if env.get(key) else {}).partitions_start
 
 
 PG_PASSWORD_ENV = "ASTRA_PG_PASSWORD"

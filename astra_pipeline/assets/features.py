@@ -33,14 +33,16 @@ from resources.score_store import (
     record_partitions,
     replace_day,
 )
+from resources.settings import partitions_start
 from resources.tables import DEVICE_HEALTH, USER_CHURN
 from resources.warehouse import DuckDBWarehouseResource
 
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
 CHURN_FEATURES = dg.AssetKey("churn_features")
-DAILY = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_offset=1)
-"""Daily partitions (UTC days), up to and including today (a partial day until it ends)."""
+DAILY = dg.DailyPartitionsDefinition(start_date=partitions_start().isoformat(), end_offset=1)
+"""Daily partitions (UTC days) from ASTRA_PARTITIONS_START up to and including today (a
+partial day until it ends)."""
 
 EXPECTED_INTERVAL_S = 60.0
 """How often a device is meant to report, for device health's reporting rate (1.0 = on

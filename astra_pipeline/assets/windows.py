@@ -17,15 +17,18 @@ from astra_pipeline.assets.window_refresh import (
 )
 from astra_pipeline.assets.window_refresh import refresh_hours
 from astra_pipeline.transforms.windows import HOUR
+from resources.settings import partitions_start
 from resources.warehouse import DuckDBWarehouseResource
 
 # backfill_policy is beta in Dagster 1.13; it is used knowingly, so its warning is noise
 # in every CLI call and test run.
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 
-PARTITIONS_START = "2026-01-01-00:00"
-HOURLY = dg.HourlyPartitionsDefinition(start_date=PARTITIONS_START, end_offset=1)
-"""Hourly partitions on event time, up to and including the current hour."""
+HOURLY = dg.HourlyPartitionsDefinition(
+    start_date=f"{partitions_start().isoformat()}-00:00", end_offset=1
+)
+"""Hourly partitions on event time, from ASTRA_PARTITIONS_START up to and including the
+current hour."""
 
 
 class WindowsConfig(dg.Config):
