@@ -8,8 +8,10 @@ import uuid
 from collections.abc import Iterator
 
 import dagster as dg
+import pytest
 
-from astra_pipeline.assets.ingest import IngestConfig, drain, ingest_events
+from astra_pipeline.assets import ingest as ingest_module
+from astra_pipeline.assets.ingest import RAW_EVENTS, IngestConfig, drain, ingest_events
 from astra_pipeline.checks.ingest import STATIC_CHECKS, make_dead_letter_rate_check
 from astra_pipeline_tests.helpers import counts, produce, sensor_reading
 from resources.kafka import KafkaResource
@@ -271,3 +273,33 @@ def test_row_count_is_the_tables_and_the_runs_figures_have_their_own_keys(
     dead = first["malformed"] + second["malformed"]
     assert meta["dead_letter_events"]["dagster/row_count"] == dead
     assert meta["dead_letter_events"]["rejected"] == second["malformed"]
+
+
+def test_a_batch_another_writer_committed_first_ends_the_run_cleanly(
+    kafka: KafkaResource,
+    topic: str,
+    warehouse: DuckDBWarehouseResource,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`astra ingest` beside a running dev platform: when another writer commits the
+    offsets a run has read, the run's batch is discarded (the ledger check) and the run
+    ends successfully with what it committed, instead of failing; nothing is lost or
+    stored twice."""
+    config = IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq")
+    produced = produce(kafka, topic, 600, seed=41)
+    drain(kafka, warehouse, config, None)  # the other writer
+    before = counts(warehouse)
+    # This run read the ledger before the other writer committed (it starts at 0).
+    monkeypatch.setattr(ingest_module, "next_offsets", lambda session, topic: {})
+    result = dg.materialize(
+        [ingest_events],
+        resources={"kafka": kafka, "warehouse": warehouse},
+        run_config=dg.RunConfig({"ingest_events": config}),
+    )
+    assert result.success
+    raw = next(
+        m for m in result.get_asset_materialization_events() if m.asset_key == RAW_EVENTS
+    ).materialization.metadata
+    assert raw["ledger_conflicts"].value == 1 and raw["batches"].value == 0
+    assert counts(warehouse) == before
+    assert before["raw"] == produced["total"]

@@ -32,7 +32,13 @@ from resources.deadletter_store import (
     unpublished_dead_letters,
 )
 from resources.errors import WarehouseError, WarehouseLocked
-from resources.ingest_store import BatchRows, next_offsets, table_rows, write_batch
+from resources.ingest_store import (
+    BatchRows,
+    LedgerConflict,
+    next_offsets,
+    table_rows,
+    write_batch,
+)
 from resources.kafka import (
     DeadLetter,
     DeadLetterPublisher,
@@ -74,6 +80,8 @@ class IngestTotals:
     dead_letters: int = 0
     duplicates: int = 0
     fast_path_rows: int = 0
+    ledger_conflicts: int = 0
+    """Batches discarded because another writer had committed their offsets first."""
     reached_eof: bool = False
     end_offsets: dict[int, int] = field(default_factory=dict)
     touched_hours: set[dt.datetime] = field(default_factory=set)
@@ -138,7 +146,20 @@ def drain(
                     reader = stack.enter_context(kafka.process_reader(config.topic))
                 pending = prefetch.submit(reader.read, batch.end_offsets, config.max_batch_size)
             if batch.size:
-                _ingest_one(kafka, writer, deadletters, config, run_id, batch, publish_from, totals)
+                try:
+                    _ingest_one(
+                        kafka, writer, deadletters, config, run_id, batch, publish_from, totals
+                    )
+                except LedgerConflict as conflict:
+                    # Another writer (`astra ingest`, a run launched by hand) committed
+                    # these offsets first. Nothing of this batch was written: stop here,
+                    # and the next run starts where the ledger now ends.
+                    if log:
+                        log.warning(f"{conflict}; the next run goes on from the ledger")
+                    totals.ledger_conflicts += 1
+                    pending.exception()
+                    totals.reached_eof = False
+                    return totals
                 if log:
                     log.info(
                         f"batch {totals.batches}: {batch.size} messages, eof={batch.reached_eof}"
@@ -393,6 +414,7 @@ def _results(
             "seconds": seconds,
             "events_per_second": rate,
             "reached_eof": totals.reached_eof,
+            "ledger_conflicts": totals.ledger_conflicts,
             "end_offsets": dg.MetadataValue.json(
                 {str(k): v for k, v in totals.end_offsets.items()}
             ),
