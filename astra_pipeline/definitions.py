@@ -20,6 +20,7 @@ from astra_pipeline.assets.serving import (
     CHURN_SCORES_SPEC,
     CLEAN_SERVED_TABLES,
     DEVICE_HEALTH_SPEC,
+    SERVING_GROUP,
     USER_CHURN_SPEC,
     ServedTable,
     build_serving_assets,
@@ -86,6 +87,7 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
         jobs=[ingest_job, windows_job, anomaly_job, churn_job],
         schedules=[build_churn_schedule(churn_job, settings.sensor_running_by_default)],
         sensors=[
+            *_serving_automation(settings),
             build_kafka_events_sensor(
                 settings.topic_raw,
                 settings.sensor_interval_s,
@@ -107,6 +109,25 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
             "serving_db": serving_resource_from_settings(settings),
         },
     )
+
+
+def _serving_automation(settings: AstraSettings) -> list[dg.SensorDefinition]:
+    """With ASTRA_PG_SERVING_AUTOMATION, a sensor of the serving group's automation
+    conditions, running by default (Dagster's own default sensor starts stopped)."""
+    if not settings.pg_serving_automation:
+        return []
+    return [
+        dg.AutomationConditionSensorDefinition(
+            "serving_automation_sensor",
+            target=dg.AssetSelection.groups(SERVING_GROUP),
+            default_status=(
+                dg.DefaultSensorStatus.RUNNING
+                if settings.sensor_running_by_default
+                else dg.DefaultSensorStatus.STOPPED
+            ),
+            description="Re-copies each served partition after its upstream changes.",
+        )
+    ]
 
 
 @dg.definitions

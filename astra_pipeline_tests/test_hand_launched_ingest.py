@@ -66,7 +66,7 @@ def test_an_ingest_run_launched_by_hand_succeeds_and_refreshes_its_live_hour(
     live_count = len(messages) - LATE
     kafka.produce_all(topic, iter(messages))
     settings = settings_for(kafka, topic, warehouse)
-    job = build_definitions(settings).get_job_def(INGEST_JOB_NAME)
+    job = build_definitions(settings).resolve_job_def(INGEST_JOB_NAME)
     assert not job.partitions_def, "a partitioned ingest job fails when launched by hand"
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(instance=instance)

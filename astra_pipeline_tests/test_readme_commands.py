@@ -4,7 +4,8 @@ The commands are read from README.md (so the README cannot drift from what is te
 and run with bash, as typed, from a folder laid out like a checkout (its `.venv` is this
 one's) while `astra dev` runs there. Each answer must be about the data that platform
 ingested: the same warehouse, the same broker, the same Dagster instance. At the end,
-Ctrl-C stops the platform with one summary line, no traceback and no failed run.
+Ctrl-C stops the platform with one summary line, no traceback, and the summary counts
+no failed run in the session's instance (its private Postgres stops with it).
 
 Two settings point the commands at this platform's free ports instead of 9092 and
 3000 (ASTRA_KAFKA_BOOTSTRAP_SERVERS, ASTRA_DAGSTER_URL): the commands' text is not
@@ -22,7 +23,6 @@ import os
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = Path(sys.executable).resolve().parent.parent
+VENV = Path(sys.prefix)  # this virtualenv
 pytestmark = pytest.mark.readme
 
 
@@ -132,13 +132,6 @@ def _count(shell: Shell, table: str) -> int:
     return int(shell.sql(f"SELECT count(*) AS n FROM {table}")[0]["n"])
 
 
-def _failed_runs(home: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(home / "storage" / "runs.db") as db:
-        return db.execute(
-            "SELECT pipeline_name, run_id FROM runs WHERE status = 'FAILURE'"
-        ).fetchall()
-
-
 def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
     commands = readme_commands((REPO / "README.md").read_text())
     checkout = tmp_path / "checkout"
@@ -158,7 +151,8 @@ def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
     log = tmp_path / "dev.log"
     with log.open("w") as sink:
         dev = subprocess.Popen(
-            [".venv/bin/astra", "dev", "--port", str(ui_port), "--broker-port", str(broker_port)],
+            [str(checkout / ".venv/bin/astra"), "dev", "--port", str(ui_port)]
+            + ["--broker-port", str(broker_port)],
             cwd=checkout,
             env=env,
             stdout=sink,
@@ -187,8 +181,8 @@ def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
     output = log.read_text()
     assert dev.returncode == 0, output[-3000:]
     assert "Traceback" not in output, output[-5000:]
-    assert output.rstrip().splitlines()[-1].startswith("stopped: "), output[-2000:]
-    assert _failed_runs(checkout / ".dagster_home") == []
+    summary = output.rstrip().splitlines()[-1]
+    assert summary.startswith("stopped: ") and "; 0 failed runs this session" in summary, summary
 
 
 def _run_readme(shell: Shell, commands: list[str], checkout: Path) -> None:
@@ -223,8 +217,11 @@ def _run_readme(shell: Shell, commands: list[str], checkout: Path) -> None:
     assert raw_after >= raw_before + 300_000, (raw_before, raw_after)
 
     listed = shell.run(command(".venv/bin/astra deadletter list")).stdout
+    # The table's rows: reason, dead letters, ... (the dev simulator keeps adding some,
+    # so the listed counts add up to at most what the table holds a moment later).
+    per_reason = [int(m) for m in re.findall(r"^│ .+? ┆ (\d+) +┆", listed, re.MULTILINE)]
     dead = _count(shell, "clean.dead_letter_events")
-    assert dead > 0 and str(dead) in listed.replace(",", ""), listed
+    assert per_reason and 0 < sum(per_reason) <= dead, listed
     shell.run(command(".venv/bin/astra deadletter replay"))
 
     statuses = shell.run(command('.venv/bin/astra sql "SELECT status, count(*)')).stdout

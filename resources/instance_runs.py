@@ -30,6 +30,9 @@ class SettledRuns:
     """Runs that were in flight and ended by themselves."""
     canceled: int
     """Runs terminated or canceled because they did not end in time."""
+    failed: int
+    """Runs of the instance that failed (the session's whole history: a dev instance
+    lives as long as its session)."""
 
 
 def settle_runs(home: Path, finish_s: float = 30.0, cancel_s: float = 20.0) -> SettledRuns:
@@ -48,7 +51,10 @@ def settle_runs(home: Path, finish_s: float = 30.0, cancel_s: float = 20.0) -> S
         while _in_flight(instance) and time.monotonic() < deadline:
             time.sleep(0.5)
         canceled = {run.run_id for run in left}
-        return SettledRuns(finished=len(waiting - canceled), canceled=len(canceled))
+        failed = instance.get_runs_count(
+            filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])
+        )
+        return SettledRuns(finished=len(waiting - canceled), canceled=len(canceled), failed=failed)
 
 
 def _in_flight(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
