@@ -397,9 +397,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     # Ctrl-C works even when started from a script that ignores SIGINT for its jobs.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
-    postgres = EmbeddedPostgres(
-        data / "postgres", args.pg_port or _free_port(), log_path=data / "postgres.log"
-    ).start()
+    postgres = EmbeddedPostgres(data / "postgres", args.pg_port or _free_port()).start()
     try:
         broker = EmbeddedBroker(
             port=args.broker_port, log_path=data / "broker.log", own_session=True

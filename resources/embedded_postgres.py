@@ -7,7 +7,9 @@ only; this starts the same binaries (initdb, pg_ctl) on a TCP port of 127.0.0.1,
 dagster-postgres, psycopg, DuckDB and psql all reach the same way.
 
 PostgreSQL refuses to run as root: as root, the server runs as the unprivileged user
-``nobody`` and its data folder is handed to that user.
+``nobody``, whose data folder is then a private temporary folder handed to that user
+(``nobody`` may not be able to reach a folder under root's home or pytest's private
+temporary folder); the dev data folder gets a symbolic link to it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 from resources.errors import AstraResourceError
@@ -47,12 +51,18 @@ class EmbeddedPostgres:
     """initdb (once) and pg_ctl start/stop of a server whose data is ``data_dir``,
     listening on 127.0.0.1:``port`` with trust authentication (loopback only)."""
 
-    def __init__(self, data_dir: Path, port: int, log_path: Path | None = None) -> None:
-        self.data_dir = data_dir.resolve()
+    def __init__(self, data_dir: Path, port: int) -> None:
         self.port = port
-        self.log_path = (log_path or self.data_dir.parent / "postgres.log").resolve()
         self._bin = _binaries()
         self._user = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+        self._private: Path | None = None
+        if self._user is not None and not data_dir.exists():
+            private = self._private = Path(tempfile.mkdtemp(prefix="astra-postgres-"))
+            os.chown(private, self._user.pw_uid, self._user.pw_gid)
+            data_dir.parent.mkdir(parents=True, exist_ok=True)
+            data_dir.symlink_to(private, target_is_directory=True)
+        self.data_dir = data_dir.resolve()
+        self.log_path = self.data_dir / "server.log"
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
@@ -66,17 +76,13 @@ class EmbeddedPostgres:
                     f"cannot start Postgres on 127.0.0.1:{self.port}: the port is taken"
                 ) from None
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.touch()
-        if self._user is not None:
-            for path in (self.data_dir, self.log_path):
-                os.chown(path, self._user.pw_uid, self._user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self._run(
                 "initdb",
                 ["-D", str(self.data_dir), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8"]
                 + ["--no-sync", "--no-instructions"],
             )
+        # The log inside the data folder: initdb wants that folder empty.
         options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir}"
         self._run(
             "pg_ctl",
@@ -86,9 +92,12 @@ class EmbeddedPostgres:
         return self
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown: sessions are ended, data is kept)."""
+        """Stop the server (fast shutdown: sessions are ended). Its data is kept, but for
+        root's private temporary folder, which goes with the server."""
         if (self.data_dir / "postmaster.pid").exists():
             self._run("pg_ctl", ["-D", str(self.data_dir), "-w", "-m", "fast", "stop"])
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` unless it exists; its URL."""
@@ -117,7 +126,11 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(f"{program} failed: {error}") from None
         if done.returncode != 0:
             detail = (done.stderr or done.stdout).strip().splitlines()
-            log = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            log = (
+                self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                if self.log_path.exists()
+                else []
+            )
             raise EmbeddedPostgresError(
                 f"{program} failed: {' / '.join(detail[-3:] + log) or f'exit {done.returncode}'}"
             )
