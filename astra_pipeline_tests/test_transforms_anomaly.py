@@ -192,7 +192,15 @@ def test_an_out_of_physics_jump_scores_one() -> None:
 
 def test_stuck_values_are_flagged_and_kept_out_of_the_baseline() -> None:
     values = [20.1, 20.5, 19.9, 20.3, 20.3, 20.3, 20.3, 20.3, 19.8]
-    config = AnomalyConfig(metrics=(TEMPERATURE,), window=8, min_baseline=3, stuck_readings=3)
+    # The raw rule (no small-sample widening of the scale: the hand computation and the
+    # brute force use the plain MAD scale; test_anomaly_first_hour.py covers the widening).
+    config = AnomalyConfig(
+        metrics=(TEMPERATURE,),
+        window=8,
+        min_baseline=3,
+        stuck_readings=3,
+        small_sample_correction=False,
+    )
     out = score(readings(values), config)
     # The third equal value in a row is the first one flagged.
     assert [d == "stuck" for d in out["driver"]] == [False] * 5 + [True] * 3 + [False]
@@ -209,7 +217,15 @@ def test_a_run_counts_as_stuck_only_once_it_is_known_to_be() -> None:
     """Row 4 sees rows 0-3; the run starting at row 3 has one value by then and stays in
     the baseline: what row 4 gets never depends on rows after it."""
     values = [20.1, 20.5, 19.9, 20.3, 20.3, 20.3, 20.3]
-    config = AnomalyConfig(metrics=(TEMPERATURE,), window=8, min_baseline=3, stuck_readings=3)
+    # The raw rule (no small-sample widening of the scale: the hand computation and the
+    # brute force use the plain MAD scale; test_anomaly_first_hour.py covers the widening).
+    config = AnomalyConfig(
+        metrics=(TEMPERATURE,),
+        window=8,
+        min_baseline=3,
+        stuck_readings=3,
+        small_sample_correction=False,
+    )
     full = score(readings(values), config)
     cut = score(readings(values[:5]), config)
     assert full.head(5).equals(cut)
@@ -251,7 +267,15 @@ def brute_force_baseline(
 
 def test_baselines_match_a_brute_force_reading_of_the_rule() -> None:
     rng = random.Random(4)
-    config = AnomalyConfig(metrics=(TEMPERATURE,), window=7, min_baseline=2, stuck_readings=3)
+    # The raw rule (no small-sample widening of the scale: the hand computation and the
+    # brute force use the plain MAD scale; test_anomaly_first_hour.py covers the widening).
+    config = AnomalyConfig(
+        metrics=(TEMPERATURE,),
+        window=7,
+        min_baseline=2,
+        stuck_readings=3,
+        small_sample_correction=False,
+    )
     series: dict[str, list[float]] = {}
     frames = []
     for n, device in enumerate(("dev-a", "dev-b", "dev-c")):
