@@ -426,6 +426,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     bin_dir = Path(sys.executable).parent
     children: list[subprocess.Popen[bytes]] = []
     forwarding: threading.Thread | None = None
+    stopping = threading.Event()
     try:
         children.append(
             subprocess.Popen(
@@ -471,7 +472,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         # Its run workers' output (they inherit dg dev's) without the step events Dagster
         # logs at DEBUG (thousands of lines an hour), unless --debug.
         forwarding = threading.Thread(
-            target=_forward, args=(children[-1], not args.debug), daemon=True
+            target=_forward, args=(children[-1], not args.debug, stopping), daemon=True
         )
         forwarding.start()
         threading.Thread(
@@ -492,6 +493,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         # In order, each after what depends on it: the simulator (nothing new arrives),
         # the runs in flight (they drain and end, or end canceled), Dagster, the broker.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stopping.set()
         sys.stdout.write(
             "stopping the simulator, the runs in flight, dagster, the broker, postgres...\n"
         )
@@ -527,12 +529,14 @@ DEBUG_EVENT = re.compile(rb"^\S+ \S+ \S+ - dagster - DEBUG - ")
 """A run worker's DEBUG event line (timestamp, zone, logger, level)."""
 
 
-def _forward(child: subprocess.Popen[bytes], drop_debug: bool) -> None:
-    """Copy ``child``'s output to this process's, line by line, leaving out DEBUG events."""
+def _forward(child: subprocess.Popen[bytes], drop_debug: bool, stopping: threading.Event) -> None:
+    """Copy ``child``'s output to this process's, line by line, leaving out DEBUG events,
+    and everything once ``stopping`` is set: the runs ended by the stop log their
+    interruption with a stack trace each, and the summary line says how they ended."""
     assert child.stdout is not None
     out = sys.stdout.buffer
     for line in child.stdout:
-        if drop_debug and DEBUG_EVENT.match(line):
+        if stopping.is_set() or (drop_debug and DEBUG_EVENT.match(line)):
             continue
         out.write(line)
         out.flush()
