@@ -1,6 +1,6 @@
 """Backfills from the command line, against a temporary instance and DuckDB file.
 
-Two documented ways: `dagster asset materialize --partition-range` (in-process, one run)
+Two documented ways: `dg launch --partition-range` (in-process, one run)
 and `astra backfill`, which submits a real asset backfill to a running webserver's
 GraphQL API for the daemon to execute.
 """
@@ -73,16 +73,13 @@ def window_counts(warehouse: DuckDBWarehouseResource) -> tuple[int, int, int]:
 
 
 @pytest.mark.timeout(180)
-def test_dagster_asset_materialize_partition_range(ingested, kafka, tmp_path: Path) -> None:
+def test_dg_launch_partition_range(ingested, kafka, tmp_path: Path) -> None:
     warehouse, first, last = ingested
     done = subprocess.run(
         [
-            str(BIN / "dagster"),
-            "asset",
-            "materialize",
-            "-m",
-            "astra_pipeline.definitions",
-            "--select",
+            str(BIN / "dg"),
+            "launch",
+            "--assets",
             "windowed_aggregates",
             "--partition-range",
             f"{first}...{last}",

@@ -153,7 +153,7 @@ class DagsterGraphQL:
             reason = getattr(error, "reason", error)
             raise DagsterApiError(
                 f"cannot reach the Dagster webserver at {endpoint} ({reason}); is `astra dev` "
-                "or `dagster dev` running? (--url / ASTRA_DAGSTER_URL)"
+                "or `dg dev` running? (--url / ASTRA_DAGSTER_URL)"
             ) from error
         if payload.get("errors"):
             raise DagsterApiError(f"{endpoint}: {payload['errors'][0].get('message')}")

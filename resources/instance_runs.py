@@ -1,6 +1,6 @@
 """Letting a local Dagster instance's runs end before its processes stop (astra dev).
 
-Stopping `dagster dev` while a run is in flight kills the run's process: the run is
+Stopping `dg dev` while a run is in flight kills the run's process: the run is
 left failed, with a traceback, although nothing was wrong. On the way out, `astra dev`
 first waits for the runs in progress to finish (with the simulator stopped, an ingest
 run drains what is left and ends), then terminates what still runs (it ends as canceled)
