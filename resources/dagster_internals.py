@@ -8,6 +8,8 @@ it without notice; when one does, this module is what to fix:
 - What the health-checked run launcher needs (resources/run_launcher.py): the launcher's
   result types, the gRPC client and request types, and the tag naming the code server
   that launched a run.
+- ``InstigatorStatus``: the stored status of a sensor or schedule, which `astra dev`
+  sets to stopped before it lets the runs in flight end (resources/instance_runs.py).
 """
 
 from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -15,6 +17,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.scheduler.instigation import InstigatorStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 from dagster._grpc.client import DagsterGrpcClient
 from dagster._grpc.types import CanCancelExecutionRequest, CanCancelExecutionResult
@@ -28,6 +31,7 @@ __all__ = [
     "CheckRunHealthResult",
     "DagsterGrpcClient",
     "DagsterUserCodeUnreachableError",
+    "InstigatorStatus",
     "WorkerStatus",
     "deserialize_value",
 ]
