@@ -503,6 +503,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         settled = None
         if rest and rest[0].poll() is None:
             try:
+                DagsterGraphQL(f"http://127.0.0.1:{args.port}").stop_instigators()
                 settled = settle_runs(home)
             except Exception as error:  # stopping goes on: dagster and the broker still stop
                 sys.stdout.write(f"could not wait for the runs in flight: {error}\n")

@@ -31,6 +31,9 @@ from astra_pipeline.checks.ingest import STATIC_CHECKS, make_dead_letter_rate_ch
 from astra_pipeline.checks.scoring import scoring_checks
 from astra_pipeline.checks.windows import WINDOW_CHECKS
 from astra_pipeline.jobs import (
+    ANOMALY_JOB_NAME,
+    CHURN_JOB_NAME,
+    WINDOWS_JOB_NAME,
     build_anomaly_job,
     build_churn_job,
     build_ingest_job,
@@ -85,17 +88,16 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
             *scoring_checks(),
         ],
         jobs=[ingest_job, windows_job, anomaly_job, churn_job],
-        schedules=[build_churn_schedule(churn_job, settings.sensor_running_by_default)],
+        schedules=[build_churn_schedule(CHURN_JOB_NAME, settings.sensor_running_by_default)],
         sensors=[
             *_serving_automation(settings),
             build_kafka_events_sensor(
                 settings.topic_raw,
                 settings.sensor_interval_s,
                 settings.sensor_running_by_default,
-                ingest_job,
             ),
-            build_windows_sensor(windows_job, settings.sensor_running_by_default),
-            build_scoring_sensor(anomaly_job, settings.sensor_running_by_default),
+            build_windows_sensor(WINDOWS_JOB_NAME, settings.sensor_running_by_default),
+            build_scoring_sensor(ANOMALY_JOB_NAME, settings.sensor_running_by_default),
         ],
         resources={
             "kafka": KafkaResource(

@@ -1,7 +1,6 @@
 import dagster as dg
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
-from astra_pipeline.jobs import build_ingest_job
 from astra_pipeline_tests.helpers import counts, produce
 from resources.kafka import KafkaResource
 from sensors.kafka_events import build_kafka_events_sensor, compute_lag
@@ -18,8 +17,7 @@ def evaluate(sensor: dg.SensorDefinition, kafka, instance, cursor=None):
 
 
 def test_sensor_requests_run_on_lag_and_skips_when_caught_up(kafka, topic, warehouse) -> None:
-    job = build_ingest_job(IngestConfig(topic=topic))
-    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True, job=job)
+    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True)
     kafka.produce_all(topic, ((f"k{i % 7}".encode(), b"{}") for i in range(500)))
     with dg.instance_for_test() as instance:
         first = evaluate(sensor, kafka, instance)
@@ -44,8 +42,7 @@ def _requests(result) -> list[dg.RunRequest]:
 
 def test_a_reset_cursor_neither_skips_nor_repeats_a_range(kafka, topic, warehouse) -> None:
     """The cursor only de-duplicates ticks; lag comes from the broker and the ledger."""
-    job = build_ingest_job(IngestConfig(topic=topic))
-    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True, job=job)
+    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True)
     sent = produce(kafka, topic, 3_000)
     one_batch = IngestConfig(
         topic=topic, deadletter_topic=f"{topic}_dlq", max_batch_size=1_000, time_budget_s=0
@@ -73,8 +70,7 @@ def test_the_duckdb_file_alone_is_enough_state(broker, kafka, topic, warehouse) 
     # A new group id stands for a group deleted on the broker: nothing committed.
     fresh = KafkaResource(bootstrap_servers=broker.bootstrap_servers, consumer_group="g-new")
     assert set(fresh.committed_offsets(topic).values()) == {None}
-    job = build_ingest_job(config)
-    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True, job=job)
+    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True)
     with dg.instance_for_test() as instance:
         # The sensor cannot know the group is behind only on paper: it asks for a run...
         assert len(_requests(evaluate(sensor, fresh, instance))) == 1

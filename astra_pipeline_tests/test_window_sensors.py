@@ -9,7 +9,7 @@ from dagster._core.events.log import EventLogEntry
 
 from astra_pipeline.assets.ingest import CLEANED_EVENTS
 from astra_pipeline.assets.windows import WINDOWED_AGGREGATES
-from astra_pipeline.jobs import INGEST_JOB_NAME, build_anomaly_job, build_windows_job
+from astra_pipeline.jobs import ANOMALY_JOB_NAME, INGEST_JOB_NAME, WINDOWS_JOB_NAME
 from astra_pipeline.transforms.partition_windows import contiguous_ranges
 from sensors.window_refresh import (
     ROLLUP_WAIT_S,
@@ -42,7 +42,7 @@ def requests(sensor: dg.SensorDefinition, instance, cursor=None):
 
 
 def test_windows_sensor_refreshes_touched_hours_once_per_trigger() -> None:
-    sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
+    sensor = build_windows_sensor(WINDOWS_JOB_NAME, running_by_default=True)
     with dg.instance_for_test() as instance:
         assert requests(sensor, instance)[0] == []
         # Two ingest runs: one touched 10:00-11:00, the other 11:00 and a late 07:00.
@@ -69,7 +69,7 @@ def test_windows_sensor_refreshes_touched_hours_once_per_trigger() -> None:
 
 
 def test_scoring_sensor_follows_materialized_window_partitions() -> None:
-    sensor = build_scoring_sensor(build_anomaly_job(), running_by_default=True)
+    sensor = build_scoring_sensor(ANOMALY_JOB_NAME, running_by_default=True)
     with dg.instance_for_test() as instance:
         for h in (8, 9, 12):
             instance.report_runless_asset_event(
@@ -161,7 +161,7 @@ def test_windows_sensor_leaves_the_hour_an_ingest_run_refreshed_itself() -> None
     """The ingest run refreshes the live hour after its drain: the sensor requests the
     other touched hours, waits while the run is going, and requests the live hour too
     when the run failed (its refresh may not have happened)."""
-    sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
+    sensor = build_windows_sensor(WINDOWS_JOB_NAME, running_by_default=True)
     with dg.instance_for_test() as instance:
         ok = ingest_run(instance, hour(11), [hour(10), hour(11)])
         # The run has not ended: its materialization waits, the cursor stays before it.
@@ -186,7 +186,7 @@ def test_windows_sensor_leaves_the_hour_an_ingest_run_refreshed_itself() -> None
 def test_windows_sensor_stops_waiting_for_an_ingest_run_that_never_ends() -> None:
     """A run whose process died unrecorded must not hold back every later refresh: after
     RUN_WAIT_S its hours, its own included, are requested as for a failed run."""
-    sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
+    sensor = build_windows_sensor(WINDOWS_JOB_NAME, running_by_default=True)
     with dg.instance_for_test() as instance:
         ingest_run(instance, hour(9), [hour(9)], seconds_ago=RUN_WAIT_S + 5)
         got, _ = requests(sensor, instance)
@@ -197,7 +197,7 @@ def test_windows_sensor_requests_the_own_hour_of_a_run_without_its_windows_step(
     """A successful ingest run that recorded no windows materialization (its rows did
     not touch the live hour, or it was launched before this version) leaves every hour
     it touched to the sensor."""
-    sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
+    sensor = build_windows_sensor(WINDOWS_JOB_NAME, running_by_default=True)
     with dg.instance_for_test() as instance:
         run_id = ingest_run(instance, hour(12), [hour(12)])
         finish(instance, run_id, dg.DagsterRunStatus.SUCCESS)
@@ -209,7 +209,7 @@ def test_windows_sensor_completes_the_roll_ups_an_ingest_run_left_behind() -> No
     """A live-hour refresh may leave the hourly roll-ups for later. The next ingest run
     of the hour catches up; when none comes (the stream stopped) the sensor requests the
     hour after ROLLUP_WAIT_S, and at once when the hour has ended."""
-    sensor = build_windows_sensor(build_windows_job(), running_by_default=True)
+    sensor = build_windows_sensor(WINDOWS_JOB_NAME, running_by_default=True)
     live = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
     live_key = live.strftime("%Y-%m-%d-%H:00")
     with dg.instance_for_test() as instance:

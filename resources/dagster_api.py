@@ -45,6 +45,24 @@ query Status($id: String!) {
 }
 """
 
+INSTIGATORS = """
+{ repositoriesOrError { ... on RepositoryConnection { nodes {
+    sensors { id sensorState { status } }
+    schedules { id scheduleState { status } } } } } }
+"""
+
+STOP_SENSOR = """
+mutation StopSensor($id: String!) {
+  stopSensor(id: $id) { __typename ... on Error { message } }
+}
+"""
+
+STOP_SCHEDULE = """
+mutation StopSchedule($id: String!) {
+  stopRunningSchedule(id: $id) { __typename ... on Error { message } }
+}
+"""
+
 FINISHED = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 """Backfill statuses after which nothing more happens unless it is resumed."""
 
@@ -120,6 +138,22 @@ class DagsterGraphQL:
                 return True
         except (OSError, ValueError):
             return False
+
+    def stop_instigators(self) -> int:
+        """Stop every running sensor and schedule of the instance (the daemon then
+        requests no new run); how many were stopped."""
+        answer = self._call(INSTIGATORS, {})["repositoriesOrError"]
+        stopped = 0
+        for repository in answer.get("nodes", []):
+            for sensor in repository["sensors"]:
+                if sensor["sensorState"]["status"] == "RUNNING":
+                    self._call(STOP_SENSOR, {"id": sensor["id"]})
+                    stopped += 1
+            for schedule in repository["schedules"]:
+                if schedule["scheduleState"]["status"] == "RUNNING":
+                    self._call(STOP_SCHEDULE, {"id": schedule["id"]})
+                    stopped += 1
+        return stopped
 
     def backfill_page(self, backfill_id: str) -> str:
         return f"{self.url.rstrip('/')}/runs/b/{backfill_id}"

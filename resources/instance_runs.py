@@ -2,11 +2,11 @@
 
 Stopping `dg dev` while a run is in flight kills the run's process: the run is
 left failed, with a traceback, although nothing was wrong. On the way out, `astra dev`
-first stops every sensor and schedule (in the instance's stored state: the daemon
-launches nothing new, where a sensor's next tick would have queued a run that the stop
-then killed), waits for the runs in progress to finish (with the simulator stopped, an
-ingest run drains what is left and ends), then terminates what still runs (it ends as
-canceled) and cancels what is only queued.
+first stops every sensor and schedule (through the webserver's GraphQL API, before
+calling this: the daemon launches nothing new, where a sensor's next tick would have
+queued a run that the stop then killed), waits for the runs in progress to finish (with
+the simulator stopped, an ingest run drains what is left and ends), then terminates what
+still runs (it ends as canceled) and cancels what is only queued.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-
-from resources.dagster_internals import InstigatorStatus
 
 STOP_GRACE_S = 3.0
 """How long a sensor tick that began before the stop may still take to queue its run."""
@@ -44,9 +42,6 @@ class SettledRuns:
 
 def settle_runs(home: Path, finish_s: float = 30.0, cancel_s: float = 20.0) -> SettledRuns:
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        for state in instance.all_instigator_state():
-            if state.status != InstigatorStatus.STOPPED:
-                instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
         time.sleep(STOP_GRACE_S)  # a tick that began before the stop may still queue a run
         waiting = {run.run_id for run in _in_flight(instance)}
         deadline = time.monotonic() + finish_s

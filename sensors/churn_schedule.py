@@ -10,8 +10,6 @@ import datetime as dt
 
 import dagster as dg
 
-from resources.dagster_internals import AssetJob
-
 CRON = "15 0 * * *"
 """00:15 UTC every day."""
 
@@ -21,10 +19,10 @@ def previous_day_key(scheduled: dt.datetime) -> str:
     return (scheduled.astimezone(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
 
 
-def build_churn_schedule(job: AssetJob, running_by_default: bool) -> dg.ScheduleDefinition:
+def build_churn_schedule(job_name: str, running_by_default: bool) -> dg.ScheduleDefinition:
     @dg.schedule(
         name="churn_daily_schedule",
-        job=job,
+        job_name=job_name,
         cron_schedule=CRON,
         execution_timezone="UTC",
         default_status=(

@@ -15,7 +15,6 @@ from pydantic import BaseModel
 
 from astra_pipeline.assets.ingest import RAW_EVENTS
 from astra_pipeline.jobs import INGEST_JOB_NAME
-from resources.dagster_internals import AssetJob
 from resources.kafka import KafkaResource
 
 # Record the lag for the UI at most this often while it does not change.
@@ -57,11 +56,11 @@ def build_kafka_events_sensor(
     topic: str,
     interval_s: int,
     running_by_default: bool,
-    job: AssetJob,
+    job_name: str = INGEST_JOB_NAME,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name="kafka_events_sensor",
-        job=job,
+        job_name=job_name,
         minimum_interval_seconds=interval_s,
         default_status=(
             dg.DefaultSensorStatus.RUNNING if running_by_default else dg.DefaultSensorStatus.STOPPED

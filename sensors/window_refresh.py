@@ -36,7 +36,6 @@ from astra_pipeline.run_tags import (
     PRIORITY_TAG,
 )
 from astra_pipeline.transforms.partition_windows import contiguous_ranges
-from resources.dagster_internals import AssetJob
 
 HOUR = dt.timedelta(hours=1)
 FETCH_LIMIT = 1_000
@@ -82,7 +81,7 @@ def _hour_ranges_sensor(
     *,
     name: str,
     description: str,
-    job: AssetJob,
+    job_name: str,
     running_by_default: bool,
     interval_s: int,
     source: dg.AssetKey,
@@ -97,7 +96,7 @@ def _hour_ranges_sensor(
 
     @dg.sensor(
         name=name,
-        job=job,
+        job_name=job_name,
         minimum_interval_seconds=interval_s,
         default_status=(
             dg.DefaultSensorStatus.RUNNING if running_by_default else dg.DefaultSensorStatus.STOPPED
@@ -244,12 +243,12 @@ def _materialized_hours(
 
 
 def build_windows_sensor(
-    job: AssetJob, running_by_default: bool, interval_s: int = 2
+    job_name: str, running_by_default: bool, interval_s: int = 2
 ) -> dg.SensorDefinition:
     return _hour_ranges_sensor(
         name="cleaned_events_windows_sensor",
         description="Re-materializes the windowed_aggregates partitions each ingest touched.",
-        job=job,
+        job_name=job_name,
         running_by_default=running_by_default,
         interval_s=interval_s,
         source=CLEANED_EVENTS,
@@ -264,7 +263,7 @@ run at a lower CPU priority (niceness 10) so that ingest runs get the cores firs
 
 
 def build_scoring_sensor(
-    job: AssetJob, running_by_default: bool, interval_s: int = 60
+    job_name: str, running_by_default: bool, interval_s: int = 60
 ) -> dg.SensorDefinition:
     """Scores follow the aggregates: the hours whose windowed_aggregates were materialized
     since the cursor get anomaly scores and alerts, one run per contiguous range. A
@@ -275,7 +274,7 @@ def build_scoring_sensor(
     return _hour_ranges_sensor(
         name="windowed_aggregates_scoring_sensor",
         description="Scores and alerts the hours whose windowed_aggregates were refreshed.",
-        job=job,
+        job_name=job_name,
         running_by_default=running_by_default,
         interval_s=interval_s,
         source=WINDOWED_AGGREGATES,
