@@ -75,6 +75,19 @@ def ewma_by_hand(values: Sequence[float], gap_minutes: float, half_life_minutes:
 # --- robust z, scale fallbacks, EWMA, score mapping ---------------------------------------
 
 
+def raw_rule(window: int, min_baseline: int) -> AnomalyConfig:
+    """Temperature only, stuck after 3 equal values, and the plain MAD scale: no
+    small-sample widening, so hand computations and the brute force apply as written
+    (test_anomaly_first_hour.py covers the widening)."""
+    return AnomalyConfig(
+        metrics=(TEMPERATURE,),
+        window=window,
+        min_baseline=min_baseline,
+        stuck_readings=3,
+        small_sample_correction=False,
+    )
+
+
 def test_robust_z_against_median_and_mad_by_hand() -> None:
     out = score(readings([20.0, 20.4, 19.8, 20.2, 21.0, 26.0]))
     last = out.row(5, named=True)
@@ -192,15 +205,7 @@ def test_an_out_of_physics_jump_scores_one() -> None:
 
 def test_stuck_values_are_flagged_and_kept_out_of_the_baseline() -> None:
     values = [20.1, 20.5, 19.9, 20.3, 20.3, 20.3, 20.3, 20.3, 19.8]
-    # The raw rule (no small-sample widening of the scale: the hand computation and the
-    # brute force use the plain MAD scale; test_anomaly_first_hour.py covers the widening).
-    config = AnomalyConfig(
-        metrics=(TEMPERATURE,),
-        window=8,
-        min_baseline=3,
-        stuck_readings=3,
-        small_sample_correction=False,
-    )
+    config = raw_rule(window=8, min_baseline=3)
     out = score(readings(values), config)
     # The third equal value in a row is the first one flagged.
     assert [d == "stuck" for d in out["driver"]] == [False] * 5 + [True] * 3 + [False]
@@ -217,15 +222,7 @@ def test_a_run_counts_as_stuck_only_once_it_is_known_to_be() -> None:
     """Row 4 sees rows 0-3; the run starting at row 3 has one value by then and stays in
     the baseline: what row 4 gets never depends on rows after it."""
     values = [20.1, 20.5, 19.9, 20.3, 20.3, 20.3, 20.3]
-    # The raw rule (no small-sample widening of the scale: the hand computation and the
-    # brute force use the plain MAD scale; test_anomaly_first_hour.py covers the widening).
-    config = AnomalyConfig(
-        metrics=(TEMPERATURE,),
-        window=8,
-        min_baseline=3,
-        stuck_readings=3,
-        small_sample_correction=False,
-    )
+    config = raw_rule(window=8, min_baseline=3)
     full = score(readings(values), config)
     cut = score(readings(values[:5]), config)
     assert full.head(5).equals(cut)
@@ -267,15 +264,7 @@ def brute_force_baseline(
 
 def test_baselines_match_a_brute_force_reading_of_the_rule() -> None:
     rng = random.Random(4)
-    # The raw rule (no small-sample widening of the scale: the hand computation and the
-    # brute force use the plain MAD scale; test_anomaly_first_hour.py covers the widening).
-    config = AnomalyConfig(
-        metrics=(TEMPERATURE,),
-        window=7,
-        min_baseline=2,
-        stuck_readings=3,
-        small_sample_correction=False,
-    )
+    config = raw_rule(window=7, min_baseline=2)
     series: dict[str, list[float]] = {}
     frames = []
     for n, device in enumerate(("dev-a", "dev-b", "dev-c")):
