@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import math
 import os
 import platform
@@ -55,6 +54,7 @@ import time
 from dataclasses import dataclass
 
 import polars as pl
+from scoring import frame_of  # bench/scoring.py (this folder is on sys.path)
 
 from astra_pipeline.simulator import Simulation, SimulatorConfig
 from astra_pipeline.transforms.anomaly import AnomalyConfig, alerts_from_scores, score_readings
@@ -102,17 +102,6 @@ class Run:
     @property
     def count(self) -> int:
         return int(self.hours * 3600 * self.devices / self.interval_s)
-
-
-def frame_of(values: list[bytes]) -> pl.DataFrame:
-    """Simulator payloads as a frame with the clean tables' types and Kafka coordinates."""
-    frame = pl.read_ndjson(io.BytesIO(b"\n".join(values)))
-    return frame.with_columns(
-        pl.col("ts").str.to_datetime(time_zone="UTC", time_unit="us"),
-        pl.lit("events_raw").alias("topic"),
-        pl.lit(0, dtype=pl.Int32).alias("partition"),
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("offset"),
-    )
 
 
 def clean_readings(run: Run, seed: int) -> pl.DataFrame:
