@@ -516,9 +516,11 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
             postgres.stop()
         except AstraResourceError as error:
             sys.stdout.write(f"{error}\n")
+        for failure in settled.failed if settled else ():
+            sys.stdout.write(f"failed: {failure}\n")
         runs = (
             f" ({settled.finished} runs in flight finished, {settled.canceled} canceled;"
-            f" {settled.failed} failed runs this session)"
+            f" {len(settled.failed)} failed runs this session)"
             if settled
             else ""
         )

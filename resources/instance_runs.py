@@ -11,6 +11,7 @@ still runs (it ends as canceled) and cancels what is only queued.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,9 @@ class SettledRuns:
     """Runs that were in flight and ended by themselves."""
     canceled: int
     """Runs terminated or canceled because they did not end in time."""
-    failed: int
-    """Runs of the instance that failed (the session's whole history: a dev instance
-    lives as long as its session)."""
+    failed: tuple[str, ...]
+    """One line per run of the instance that failed (the session's whole history: a dev
+    instance lives as long as its session): its id, job and first error line."""
 
 
 def settle_runs(home: Path, finish_s: float = 30.0, cancel_s: float = 20.0) -> SettledRuns:
@@ -57,10 +58,36 @@ def settle_runs(home: Path, finish_s: float = 30.0, cancel_s: float = 20.0) -> S
         while _in_flight(instance) and time.monotonic() < deadline:
             time.sleep(0.5)
         canceled = {run.run_id for run in left}
-        failed = instance.get_runs_count(
-            filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])
+        failed = tuple(
+            _failure_line(instance, run)
+            for run in instance.get_runs(
+                filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])
+            )
         )
         return SettledRuns(finished=len(waiting - canceled), canceled=len(canceled), failed=failed)
+
+
+def _failure_line(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """``run``'s id, job and its first error: the root cause's first line when the error
+    event carries one (a step failure), else the event's message."""
+    reason = "no error event recorded"
+    for entry in instance.all_logs(run.run_id):
+        if _level(entry.level) < logging.ERROR:
+            continue
+        error = getattr(getattr(entry.dagster_event, "event_specific_data", None), "error", None)
+        while error is not None and error.cause is not None:
+            error = error.cause
+        text = (error.message if error is not None else entry.message) or entry.message
+        reason = (text.strip().splitlines() or [entry.message])[0][:300]
+        break
+    return f"run {run.run_id[:8]} of {run.job_name}: {reason}"
+
+
+def _level(level: str | int) -> int:
+    if isinstance(level, int):
+        return level
+    named = logging.getLevelName(level.upper())
+    return named if isinstance(named, int) else logging.INFO
 
 
 def _in_flight(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
