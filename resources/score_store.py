@@ -155,16 +155,17 @@ def record_partitions(
         return
     with session.with_frame("_scoring_stats", stats):
         session.execute(
-            f"INSERT INTO {SCORING_PARTITIONS} "
-            "SELECT ?, s.partition_start, coalesce(p.materializations, 0) + 1, s.row_count, "
-            "?, ?, ? FROM _scoring_stats AS s "
-            f"LEFT JOIN {SCORING_PARTITIONS} AS p "
-            "ON p.asset = ? AND p.partition_start = s.partition_start "
-            "ON CONFLICT (asset, partition_start) DO UPDATE SET "
-            "materializations = excluded.materializations, row_count = excluded.row_count, "
-            "seen_until = excluded.seen_until, run_id = excluded.run_id, "
-            "materialized_at = excluded.materialized_at",
-            [asset, seen_until, run_id, now, asset],
+            f"MERGE INTO {SCORING_PARTITIONS} AS p USING (SELECT ?::VARCHAR AS asset, "
+            "partition_start, row_count, ?::TIMESTAMPTZ AS seen_until, ?::VARCHAR AS run_id, "
+            "?::TIMESTAMPTZ AS materialized_at FROM _scoring_stats) AS s "
+            "ON p.asset = s.asset AND p.partition_start = s.partition_start "
+            "WHEN MATCHED THEN UPDATE SET materializations = p.materializations + 1, "
+            "row_count = s.row_count, seen_until = s.seen_until, run_id = s.run_id, "
+            "materialized_at = s.materialized_at "
+            "WHEN NOT MATCHED THEN INSERT (asset, partition_start, materializations, row_count, "
+            "seen_until, run_id, materialized_at) VALUES (s.asset, s.partition_start, 1, "
+            "s.row_count, s.seen_until, s.run_id, s.materialized_at)",
+            [asset, seen_until, run_id, now],
         )
 
 

@@ -200,8 +200,12 @@ def record_rollups(
     """Note that the hourly roll-ups of ``hours`` were computed now."""
     for hour in hours:
         session.execute(
-            f"INSERT INTO {WINDOW_ROLLUPS} VALUES (?, ?, ?) ON CONFLICT (partition_start) "
-            "DO UPDATE SET seen_until = excluded.seen_until, refreshed_at = excluded.refreshed_at",
+            f"MERGE INTO {WINDOW_ROLLUPS} AS r USING (SELECT ?::TIMESTAMPTZ AS partition_start, "
+            "?::TIMESTAMPTZ AS seen_until, ?::TIMESTAMPTZ AS refreshed_at) AS s "
+            "ON r.partition_start = s.partition_start "
+            "WHEN MATCHED THEN UPDATE SET seen_until = s.seen_until, refreshed_at = s.refreshed_at "
+            "WHEN NOT MATCHED THEN INSERT (partition_start, seen_until, refreshed_at) "
+            "VALUES (s.partition_start, s.seen_until, s.refreshed_at)",
             [hour, seen_until, now],
         )
 
@@ -271,15 +275,16 @@ def record_partitions(
         return stats
     with session.with_frame("_partition_stats", stats):
         session.execute(
-            f"INSERT INTO {WINDOW_PARTITIONS} "
-            "SELECT s.partition_start, coalesce(w.materializations, 0) + 1, s.cleaned_events, "
-            "s.late_events, ?, ?, ? FROM _partition_stats AS s "
-            f"LEFT JOIN {WINDOW_PARTITIONS} AS w USING (partition_start) "
-            "ON CONFLICT (partition_start) DO UPDATE SET "
-            "materializations = excluded.materializations, "
-            "cleaned_events = excluded.cleaned_events, late_events = excluded.late_events, "
-            "seen_until = excluded.seen_until, run_id = excluded.run_id, "
-            "materialized_at = excluded.materialized_at",
+            f"MERGE INTO {WINDOW_PARTITIONS} AS w USING (SELECT partition_start, cleaned_events, "
+            "late_events, ?::TIMESTAMPTZ AS seen_until, ?::VARCHAR AS run_id, "
+            "?::TIMESTAMPTZ AS materialized_at FROM _partition_stats) AS s "
+            "ON w.partition_start = s.partition_start "
+            "WHEN MATCHED THEN UPDATE SET materializations = w.materializations + 1, "
+            "cleaned_events = s.cleaned_events, late_events = s.late_events, "
+            "seen_until = s.seen_until, run_id = s.run_id, materialized_at = s.materialized_at "
+            "WHEN NOT MATCHED THEN INSERT (partition_start, materializations, cleaned_events, "
+            "late_events, seen_until, run_id, materialized_at) VALUES (s.partition_start, 1, "
+            "s.cleaned_events, s.late_events, s.seen_until, s.run_id, s.materialized_at)",
             [seen_until, run_id, now],
         )
         return session.frame(
