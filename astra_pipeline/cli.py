@@ -44,7 +44,7 @@ from resources.instance_runs import settle_runs
 from resources.kafka import KafkaResource
 from resources.settings import AstraSettings, SettingsError
 from resources.truth_store import record_ground_truth, truth_frames
-from resources.warehouse import DuckDBWarehouseResource
+from resources.warehouse import DuckDBWarehouseResource, warehouse_from_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,10 +70,8 @@ def _kafka(settings: AstraSettings, bootstrap: str | None = None) -> KafkaResour
 
 
 def _warehouse(settings: AstraSettings, path: str | None = None) -> DuckDBWarehouseResource:
-    """The warehouse every command uses: the settings' file (or ``path``) and lock wait."""
-    return DuckDBWarehouseResource(
-        path=path or str(settings.duckdb_path), lock_timeout_s=settings.duckdb_lock_timeout_s
-    )
+    """The warehouse every command uses: the settings' lake, or their file (or ``path``)."""
+    return warehouse_from_settings(settings, path=path, resolve_secrets=True)
 
 
 def cmd_schema(args: argparse.Namespace, settings: AstraSettings) -> int:
@@ -219,9 +217,27 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
 def cmd_sql(args: argparse.Namespace, settings: AstraSettings) -> int:
     if not args.query.strip():
         raise UsageError('give a query, e.g. astra sql "SELECT count(*) FROM raw.events"')
-    frame = _warehouse(settings, args.db).query(args.query)
+    warehouse = _warehouse(settings, args.db)
+    if args.at is None:
+        frame = warehouse.query(args.query)
+    else:
+        with warehouse.session_at(args.at) as past:
+            frame = past.query(args.query)
     sys.stdout.write(render(frame, args.format, args.max_rows, terminal_width()))
     return 0
+
+
+def cmd_snapshots(args: argparse.Namespace, settings: AstraSettings) -> int:
+    frame = _warehouse(settings).snapshots(args.limit)
+    sys.stdout.write(render(frame, args.format, args.limit, terminal_width()))
+    return 0
+
+
+def _snapshot(text: str) -> int | str:
+    """A snapshot id (a whole number) or an ISO time (the snapshot current then)."""
+    if text.strip().isdigit():
+        return int(text)
+    return _time(text).isoformat()
 
 
 def _coordinates(text: str) -> tuple[str | None, int, int]:
@@ -736,7 +752,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sql.add_argument("--max-rows", type=_positive_int, default=50)
     sql.add_argument("--db", help="override ASTRA_DUCKDB_PATH")
+    sql.add_argument(
+        "--at",
+        type=_snapshot,
+        metavar="SNAPSHOT_OR_TIME",
+        help="query the lake as it was: a snapshot id (astra snapshots) or an ISO time",
+    )
     sql.set_defaults(func=cmd_sql)
+
+    snaps = sub.add_parser("snapshots", help="list the lake's recent commits and who made them")
+    snaps.add_argument("--limit", type=_positive_int, default=20)
+    snaps.add_argument("--format", choices=FORMATS, default="table")
+    snaps.set_defaults(func=cmd_snapshots)
 
     backfill = sub.add_parser(
         "backfill",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import dagster as dg
 
 from astra_pipeline.assets.alerts import ALERTS_KEY, build_alerts_asset
 from astra_pipeline.assets.features import CHURN_FEATURES, DAILY, churn_features
 from astra_pipeline.assets.ingest import IngestConfig, build_ingest_events
+from astra_pipeline.assets.lake import build_lake_files
 from astra_pipeline.assets.scoring import (
     ANOMALY_SCORES_KEY,
     CHURN_SCORES_KEY,
@@ -33,22 +36,26 @@ from astra_pipeline.checks.windows import WINDOW_CHECKS
 from astra_pipeline.jobs import (
     ANOMALY_JOB_NAME,
     CHURN_JOB_NAME,
+    LAKE_MAINTENANCE_JOB_NAME,
     WINDOWS_JOB_NAME,
     build_anomaly_job,
     build_churn_job,
     build_ingest_job,
+    build_lake_maintenance_job,
     build_windows_job,
 )
 from resources.kafka import KafkaResource
 from resources.serving import serving_resource_from_settings
 from resources.settings import AstraSettings
-from resources.warehouse import DuckDBWarehouseResource
+from resources.warehouse import warehouse_from_settings
 from sensors.churn_schedule import build_churn_schedule
 from sensors.kafka_events import build_kafka_events_sensor
+from sensors.lake_schedule import build_lake_maintenance_schedule
 from sensors.window_refresh import build_scoring_sensor, build_windows_sensor
 
 
 def build_definitions(settings: AstraSettings) -> dg.Definitions:
+    lake = _lake_maintenance(settings)
     ingest_config = IngestConfig(
         topic=settings.topic_raw,
         deadletter_topic=settings.topic_deadletter,
@@ -80,6 +87,7 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
             anomaly_scores,
             build_alerts_asset(settings.topic_alerts),
             *build_serving_assets(served, automate=settings.pg_serving_automation),
+            *lake.assets,
         ],
         asset_checks=[
             *STATIC_CHECKS,
@@ -87,8 +95,11 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
             *WINDOW_CHECKS,
             *scoring_checks(),
         ],
-        jobs=[ingest_job, windows_job, anomaly_job, churn_job],
-        schedules=[build_churn_schedule(CHURN_JOB_NAME, settings.sensor_running_by_default)],
+        jobs=[ingest_job, windows_job, anomaly_job, churn_job, *lake.jobs],
+        schedules=[
+            build_churn_schedule(CHURN_JOB_NAME, settings.sensor_running_by_default),
+            *lake.schedules,
+        ],
         sensors=[
             *_serving_automation(settings),
             build_kafka_events_sensor(
@@ -105,11 +116,32 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
                 consumer_group=settings.consumer_group,
                 timeout_s=settings.kafka_timeout_s,
             ),
-            "warehouse": DuckDBWarehouseResource(
-                path=str(settings.duckdb_path), lock_timeout_s=settings.duckdb_lock_timeout_s
-            ),
+            "warehouse": warehouse_from_settings(settings),
             "serving_db": serving_resource_from_settings(settings),
         },
+    )
+
+
+class _LakeParts(NamedTuple):
+    assets: list[dg.AssetsDefinition]
+    jobs: list[Any]
+    schedules: list[dg.ScheduleDefinition]
+
+
+def _lake_maintenance(settings: AstraSettings) -> _LakeParts:
+    """With a lake (ASTRA_LAKE_CATALOG): the maintenance asset, its job and schedule."""
+    if not settings.lake_catalog:
+        return _LakeParts([], [], [])
+    return _LakeParts(
+        assets=[build_lake_files(settings.lake_snapshot_retention_hours)],
+        jobs=[build_lake_maintenance_job()],
+        schedules=[
+            build_lake_maintenance_schedule(
+                LAKE_MAINTENANCE_JOB_NAME,
+                settings.lake_maintenance_cron,
+                settings.sensor_running_by_default,
+            )
+        ],
     )
 
 

@@ -10,6 +10,7 @@ import dagster as dg
 from astra_pipeline.assets.alerts import ALERTS_KEY
 from astra_pipeline.assets.features import CHURN_FEATURES
 from astra_pipeline.assets.ingest import IngestConfig
+from astra_pipeline.assets.lake import LAKE_FILES
 from astra_pipeline.assets.scoring import ANOMALY_SCORES_KEY, CHURN_SCORES_KEY
 from astra_pipeline.assets.windows import WINDOWED_AGGREGATES
 from astra_pipeline.run_tags import MAX_RUNTIME_TAG
@@ -79,4 +80,18 @@ def build_churn_job() -> Any:
         executor_def=dg.in_process_executor,
         description="Compute a day's churn features, train the churn model on past days "
         "and score the day's users.",
+    )
+
+
+LAKE_MAINTENANCE_JOB_NAME = "lake_maintenance_job"
+
+
+def build_lake_maintenance_job() -> Any:
+    """Compact the lake and expire its old snapshots (assets.lake)."""
+    return dg.define_asset_job(
+        LAKE_MAINTENANCE_JOB_NAME,
+        selection=dg.AssetSelection.assets(LAKE_FILES),
+        executor_def=dg.in_process_executor,
+        description="Merge the lake's small files, apply deletes, expire snapshots past "
+        "the retention and delete the files no snapshot references.",
     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -49,6 +50,26 @@ def kafka(broker: EmbeddedBroker, topic: str) -> KafkaResource:
     return KafkaResource(bootstrap_servers=broker.bootstrap_servers, consumer_group=f"g-{topic}")
 
 
+@pytest.fixture(scope="session")
+def lake_catalog(embedded_postgres: EmbeddedPostgres) -> str:
+    """One catalog database for the session's lakes, each lake in its own schema."""
+    return embedded_postgres.create_database("lakes")
+
+
 @pytest.fixture
-def warehouse(tmp_path: Path) -> DuckDBWarehouseResource:
+def lake_warehouse(tmp_path: Path, lake_catalog: str) -> DuckDBWarehouseResource:
+    """A fresh DuckLake: its catalog a new schema of the embedded Postgres, its files a
+    temporary folder."""
+    return DuckDBWarehouseResource(
+        lake_catalog=lake_catalog,
+        lake_data_path=str(tmp_path / "lake"),
+        lake_metadata_schema=f"lake_{uuid.uuid4().hex[:12]}",
+    )
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path, request: pytest.FixtureRequest) -> DuckDBWarehouseResource:
+    if os.environ.get("ASTRA_TEST_WAREHOUSE") == "lake":
+        lake: DuckDBWarehouseResource = request.getfixturevalue("lake_warehouse")
+        return lake
     return DuckDBWarehouseResource(path=str(tmp_path / "astra.duckdb"), lock_timeout_s=5)

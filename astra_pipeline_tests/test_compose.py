@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import yaml
 
-from resources.settings import PG_PASSWORD_ENV, env_var_defaults
+from resources.settings import LAKE_SECRET_ENVS, PG_PASSWORD_ENV, env_var_defaults
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
@@ -55,8 +55,14 @@ def dagster_yaml_env_vars() -> set[str]:
 
 
 def variables_the_code_reads() -> set[str]:
-    """resources/settings.py's variables, the password, dagster.yaml's and DAGSTER_HOME."""
-    return {*env_var_defaults(), PG_PASSWORD_ENV, *dagster_yaml_env_vars(), "DAGSTER_HOME"}
+    """resources/settings.py's variables, the secrets, dagster.yaml's and DAGSTER_HOME."""
+    return {
+        *env_var_defaults(),
+        PG_PASSWORD_ENV,
+        *LAKE_SECRET_ENVS.values(),
+        *dagster_yaml_env_vars(),
+        "DAGSTER_HOME",
+    }
 
 
 def ours(services: dict[str, Any]) -> dict[str, Any]:
@@ -265,9 +271,15 @@ def test_postgres_init_creates_the_serving_role_and_database_idempotently() -> N
                 "SELECT rolcanlogin, rolpassword IS NOT NULL FROM pg_authid WHERE rolname = %s",
                 (name,),
             ).fetchone()
+            lake_owner = conn.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                (f"{name}_lake",),
+            ).fetchone()
         assert owner == (name,)
+        assert lake_owner == (name,), "the lake's catalog database, owned by the same role"
         assert login == (True, True)
     finally:
         with psycopg.connect(PG, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}_lake" WITH (FORCE)')
             conn.execute(f'DROP ROLE IF EXISTS "{name}"')

@@ -220,9 +220,9 @@ def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
     assert dev.returncode == 0, output[-3000:]
     assert "Traceback" not in output and "Stack Trace" not in output, output[-5000:]
     summary = output.rstrip().splitlines()[-1]
-    assert summary.startswith("stopped: ") and "; 0 failed runs this session" in summary, (
-        output[-5000:]
-    )
+    assert summary.startswith("stopped: ") and "; 0 failed runs this session" in summary, output[
+        -5000:
+    ]
 
 
 def _run_readme(shell: Shell, commands: list[str], checkout: Path) -> None:

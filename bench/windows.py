@@ -46,7 +46,7 @@ import polars as pl
 from astra_pipeline.events import SENSOR_STATUSES
 from astra_pipeline.transforms.clean import enrich_sensor_readings
 from astra_pipeline.transforms.windows import sensor_1h, sensor_1m, sensor_5m_sliding
-from resources.tables import AGG_SENSOR_1M, DDL, SENSOR_READINGS
+from resources.tables import AGG_SENSOR_1M, SENSOR_READINGS, ddl
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "windows.md"
@@ -541,7 +541,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     frame = simulate(n, args.devices, hour, args.seed, args.late)
     before = simulate(n // 10, args.devices, hour - HOUR, args.seed + 1, args.late)
     con = duckdb.connect(path)
-    for statement in DDL:
+    for statement in ddl(lake=False):
         con.execute(statement)
     for part in (before, frame):
         con.register("part", part.to_arrow())

@@ -1,8 +1,10 @@
 """The warehouse side of dead letters: what broke, and what was sent again.
 
 ``clean.dead_letter_events`` holds every malformed message whole; ``ops.deadletter_replays``
-holds one row per dead letter that was replayed (its key makes "at most once" a
-constraint), with the message it publishes and, once acknowledged, where it landed.
+holds one row per dead letter that was replayed (at most once: a claim checks inside its
+transaction that none of its dead letters is claimed, and takes a turn so that two
+claims in flight at once cannot both commit on a lake), with the message it publishes
+and, once acknowledged, where it landed.
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from resources.tables import DEAD_LETTER_EVENTS, DEADLETTER_REPLAYS
+from resources.errors import WarehouseError
+from resources.tables import DEAD_LETTER_EVENTS, DEADLETTER_REPLAY_TURNS, DEADLETTER_REPLAYS
 from resources.warehouse import WarehouseSession
+
+
+class AlreadyClaimed(WarehouseError):
+    """A dead letter of a claim has been claimed by another replay."""
+
 
 _COORDS = 'd.topic, d."partition", d."offset"'
 # A dead letter that is itself a replayed message, and the dead letter it replays.
@@ -119,7 +127,8 @@ def claim(
 ) -> int:
     """Record the replays before anything is sent. ``claims`` has source_topic,
     source_partition, source_offset, replay_id, key, value, reason. A dead letter claimed
-    meanwhile by another replay fails the whole claim (the table's key)."""
+    meanwhile by another replay fails the whole claim (``AlreadyClaimed``; on a lake a
+    claim in flight at the same time fails at commit, ``CommitConflict``)."""
     frame = claims.with_columns(
         pl.lit(attempt_id).alias("attempt_id"),
         pl.lit(target_topic).alias("target_topic"),
@@ -127,7 +136,18 @@ def claim(
         pl.lit(json.dumps({str(p): o for p, o in search_from.items()})).alias("search_from"),
         pl.lit(claimed_at, dtype=pl.Datetime("us", "UTC")).alias("claimed_at"),
     )
+    session.execute(f"UPDATE {DEADLETTER_REPLAY_TURNS} SET turns = turns + 1")
     with session.with_frame("_claims", frame):
+        taken = session.scalar(
+            f"SELECT count(*) FROM {DEADLETTER_REPLAYS} AS r JOIN _claims AS c "
+            "ON r.source_topic = c.source_topic AND r.source_partition = c.source_partition "
+            "AND r.source_offset = c.source_offset"
+        )
+        if taken:
+            raise AlreadyClaimed(
+                f"{taken} of these dead letters were claimed by another replay meanwhile; "
+                "nothing was claimed"
+            )
         session.execute(
             f"INSERT INTO {DEADLETTER_REPLAYS} (source_topic, source_partition, source_offset, "
             'replay_id, attempt_id, target_topic, "key", "value", reason, transform, '

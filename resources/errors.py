@@ -21,5 +21,10 @@ class WarehouseError(AstraResourceError):
     """DuckDB rejected a statement or could not open the file."""
 
 
+class CommitConflict(WarehouseError):
+    """The lake refused a commit because a concurrent transaction changed the same data;
+    nothing of the transaction was written."""
+
+
 class BrokerStartError(AstraResourceError):
     """The embedded broker did not start."""

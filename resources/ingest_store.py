@@ -1,9 +1,15 @@
 """The warehouse side of exactly-once ingestion: the ledger and the batch transaction.
 
 ``ops.ingest_ledger`` is the truth of what has been ingested. A batch's rows and its
-ledger rows are written in one DuckDB transaction, after checking that the ledger still
-ends where the batch starts; so a replayed or concurrent batch can neither duplicate nor
-skip a range.
+ledger rows are written in one transaction, after checking that the ledger still ends
+where the batch starts; so a replayed or concurrent batch can neither duplicate nor skip
+a range.
+
+In a DuckDB file one process writes at a time, so the check is enough. A DuckLake lets
+two transactions that only append both commit, even when each checked the ledger before
+the other's rows were there: so every batch also takes a turn (updates the one row of
+``ops.ingest_turns``), and of two batches in flight at once only the first to commit
+does; the other's commit fails with ``CommitConflict``, and nothing of it is written.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from resources.tables import (
     DEAD_LETTER_EVENTS,
     DUPLICATE_EVENTS,
     INGEST_LEDGER,
+    INGEST_TURNS,
     RAW_EVENTS,
     SENSOR_READINGS,
     USER_ACTIVITY,
@@ -95,6 +102,10 @@ def write_batch(
             f"the ledger of {topic} moved while the batch was read "
             f"(partition: (ledger next, batch start)) {moved}; the batch is discarded"
         )
+    session.execute(f"UPDATE {INGEST_TURNS} SET turns = turns + 1")
+    session.commit_message(
+        run_id or "astra ingest", f"ingest batch {batch_id}: {rows.raw_events.height} of {topic}"
+    )
     session.append(RAW_EVENTS, rows.raw_events)
     sensor_ts, late_sensor_dups = _insert_new_events(
         session, SENSOR_READINGS, "sensor_reading", rows.sensor_readings
@@ -151,19 +162,26 @@ def _insert_new_events(
     Returns the inserted rows' event times and the number of stored duplicates."""
     if frame.height == 0:
         return pl.Series("ts", [], dtype=pl.Datetime("us", "UTC")), 0
-    with session.with_frame("_batch_events", frame):
-        # DuckDB answers an INSERT with the number of rows it inserted.
-        late_duplicates = int(
-            session.scalar(
-                f"INSERT INTO {DUPLICATE_EVENTS} "
-                'SELECT b.event_id, ?, b.topic, b."partition", b."offset", b.ingested_at, '
-                "b.batch_id FROM _batch_events AS b WHERE EXISTS "
-                f"(SELECT 1 FROM {table} AS t WHERE t.event_id = b.event_id)",
-                [event_type],
-            )
+    with session.with_frame("_batch_events", frame.select("event_id")):
+        stored = session.frame(
+            f"SELECT DISTINCT b.event_id FROM _batch_events AS b SEMI JOIN {table} AS t "
+            "ON t.event_id = b.event_id"
         )
-        inserted = session.frame(
-            f"INSERT INTO {table} BY NAME SELECT * FROM _batch_events AS b WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {table} AS t WHERE t.event_id = b.event_id) RETURNING ts"
+    known = frame.get_column("event_id").is_in(stored.get_column("event_id").implode())
+    late = frame.filter(known)
+    if late.height:
+        session.append(
+            DUPLICATE_EVENTS,
+            late.select(
+                "event_id",
+                pl.lit(event_type).alias("event_type"),
+                "topic",
+                "partition",
+                "offset",
+                "ingested_at",
+                "batch_id",
+            ),
         )
-    return inserted.get_column("ts").cast(pl.Datetime("us", "UTC")), late_duplicates
+    new = frame.filter(~known)
+    session.append(table, new)
+    return new.get_column("ts").cast(pl.Datetime("us", "UTC")), late.height

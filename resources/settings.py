@@ -35,6 +35,24 @@ class AstraSettings(BaseModel):
     kafka_timeout_s: float = Field(default=15.0, gt=0)
     duckdb_path: Path = Path("data/astra.duckdb")
     duckdb_lock_timeout_s: float = Field(default=30.0, gt=0)
+    # The lakehouse (docs/lake.md): with a catalog (a postgresql:// URL of an existing
+    # database, without its password: ASTRA_LAKE_CATALOG_PASSWORD) the tables live in a
+    # DuckLake, their rows as Parquet files under lake_data_path (a folder, or
+    # s3://bucket/prefix/ reached with the lake_s3_* settings and the credentials
+    # ASTRA_LAKE_S3_ACCESS_KEY_ID / ASTRA_LAKE_S3_SECRET_ACCESS_KEY); without one, in the
+    # DuckDB file duckdb_path.
+    lake_catalog: str = ""
+    lake_data_path: str = "data/lake"
+    lake_metadata_schema: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]*)?$")
+    lake_s3_endpoint: str = ""
+    lake_s3_region: str = "us-east-1"
+    lake_s3_url_style: str = Field(default="path", pattern=r"^(path|vhost)$")
+    lake_s3_use_ssl: bool = True
+    # Lake maintenance (lake_maintenance_job): when it runs (cron, UTC), and how far back
+    # time travel (`astra sql --at`) reaches: older snapshots and the files only they
+    # reference are deleted.
+    lake_maintenance_cron: str = "17 * * * *"
+    lake_snapshot_retention_hours: float = Field(default=168.0, gt=0)
     max_batch_size: int = Field(default=100_000, ge=1)
     run_time_budget_s: float = Field(default=60.0, gt=0)
     sensor_interval_s: int = Field(default=5, ge=1)
@@ -104,6 +122,27 @@ def pg_password_source(environ: Mapping[str, str] | None = None) -> dg.EnvVar | 
     the variable is unset or empty (trust, peer or .pgpass authentication)."""
     env = os.environ if environ is None else environ
     return dg.EnvVar(PG_PASSWORD_ENV) if env.get(PG_PASSWORD_ENV) else None
+
+
+LAKE_SECRET_ENVS = {
+    "lake_catalog_password": "ASTRA_LAKE_CATALOG_PASSWORD",
+    "lake_s3_access_key_id": "ASTRA_LAKE_S3_ACCESS_KEY_ID",
+    "lake_s3_secret_access_key": "ASTRA_LAKE_S3_SECRET_ACCESS_KEY",
+}
+"""The lake's secrets (not settings: never stored in AstraSettings, shown or logged)."""
+
+
+def lake_secret_sources(
+    environ: Mapping[str, str] | None = None, *, resolve: bool = False
+) -> dict[str, str | dg.EnvVar]:
+    """The lake secrets that are set: as dg.EnvVar (resolved by Dagster when a run uses
+    the resource), or with ``resolve`` as their values (for the CLI, outside Dagster)."""
+    env = os.environ if environ is None else environ
+    return {
+        field: (env[name] if resolve else dg.EnvVar(name))
+        for field, name in LAKE_SECRET_ENVS.items()
+        if env.get(name)
+    }
 
 
 def env_var_name(field: str) -> str:

@@ -1,9 +1,11 @@
-"""Table identifiers and DDL of the DuckDB warehouse, in one place.
+"""Table identifiers and DDL of the warehouse (DuckLake or DuckDB file), in one place.
 
 SQL elsewhere refers to these constants for identifiers and binds values as parameters.
 """
 
 from __future__ import annotations
+
+import re
 
 RAW_EVENTS = "raw.events"
 SENSOR_READINGS = "clean.sensor_readings"
@@ -30,6 +32,8 @@ ALERTS = "ml.alerts"
 ALERT_PUBLICATIONS = "ops.alert_publications"
 SCORING_PARTITIONS = "ops.scoring_partitions"
 DEADLETTER_REPLAYS = "ops.deadletter_replays"
+INGEST_TURNS = "ops.ingest_turns"
+DEADLETTER_REPLAY_TURNS = "ops.deadletter_replay_turns"
 
 SCHEMAS = ("raw", "clean", "agg", "features", "ml", "ops")
 
@@ -66,7 +70,7 @@ _USER_WINDOW_COLUMNS = """
         revenue DOUBLE NOT NULL
 """
 
-DDL = (
+_DDL = (
     *(f"CREATE SCHEMA IF NOT EXISTS {schema}" for schema in SCHEMAS),
     f"""
     CREATE TABLE IF NOT EXISTS {RAW_EVENTS} (
@@ -134,14 +138,6 @@ DDL = (
         published_at TIMESTAMPTZ,
         publish_from JSON
     )""",
-    # The dead-letter topic's outbox columns (docs/exactly-once.md): when the broker
-    # acknowledged the row's record, and the topic's ends before it was sent. A warehouse
-    # made before them gets the columns with its rows marked as published (they were, at
-    # least once, before the row's commit); new rows then start unpublished.
-    f"ALTER TABLE {DEAD_LETTER_EVENTS} ADD COLUMN IF NOT EXISTS publish_from JSON",
-    f"ALTER TABLE {DEAD_LETTER_EVENTS} ADD COLUMN IF NOT EXISTS published_at TIMESTAMPTZ "
-    "DEFAULT TIMESTAMPTZ '1970-01-01 00:00:00+00'",
-    f"ALTER TABLE {DEAD_LETTER_EVENTS} ALTER COLUMN published_at DROP DEFAULT",
     f"""
     CREATE TABLE IF NOT EXISTS {DUPLICATE_EVENTS} (
         event_id VARCHAR NOT NULL,
@@ -391,3 +387,50 @@ DDL = (
         PRIMARY KEY (source_topic, source_partition, source_offset)
     )""",
 )
+
+# The dead-letter topic's outbox columns (docs/exactly-once.md): when the broker
+# acknowledged the row's record, and the topic's ends before it was sent. A DuckDB file
+# made before them gets the columns with its rows marked as published (they were, at
+# least once, before the row's commit); new rows then start unpublished. (A lake is
+# newer than these columns.)
+_FILE_MIGRATIONS = (
+    f"ALTER TABLE {DEAD_LETTER_EVENTS} ADD COLUMN IF NOT EXISTS publish_from JSON",
+    f"ALTER TABLE {DEAD_LETTER_EVENTS} ADD COLUMN IF NOT EXISTS published_at TIMESTAMPTZ "
+    "DEFAULT TIMESTAMPTZ '1970-01-01 00:00:00+00'",
+    f"ALTER TABLE {DEAD_LETTER_EVENTS} ALTER COLUMN published_at DROP DEFAULT",
+)
+
+# Turns: one-row tables that writers of one kind update in every transaction, so that
+# two such transactions running at once cannot both commit. A DuckLake checks for
+# conflicts at commit and lets two transactions that only append commit both, even when
+# each checked first that the other's rows were not there; two updates of the same row
+# conflict. (A DuckDB file has one writing process, so there they are only counters.)
+TURN_TABLES = (INGEST_TURNS, DEADLETTER_REPLAY_TURNS)
+_TURNS = tuple(
+    statement
+    for table in TURN_TABLES
+    for statement in (
+        f"CREATE TABLE IF NOT EXISTS {table} (turns BIGINT NOT NULL)",
+        f"INSERT INTO {table} SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {table})",
+    )
+)
+
+_COLUMN_KEY = re.compile(r" PRIMARY KEY(?= *,| *\n)")
+_TABLE_KEY = re.compile(r",\s*PRIMARY KEY \([^)]*\)")
+
+
+def ddl(lake: bool) -> tuple[str, ...]:
+    """The statements that create what is missing. A DuckLake has no PRIMARY KEY or
+    UNIQUE constraints: there the keys are kept by the writers (MERGE, NOT EXISTS inside
+    the transaction, and a turn where concurrent writers could both pass the check)."""
+    if lake:
+        return tuple(_TABLE_KEY.sub("", _COLUMN_KEY.sub(" NOT NULL", s)) for s in _DDL) + _TURNS
+    return _DDL + _FILE_MIGRATIONS + _TURNS
+
+
+TABLES = tuple(
+    match.group(1)
+    for statement in _DDL + _TURNS
+    if (match := re.search(r"CREATE TABLE IF NOT EXISTS (\S+)", statement))
+)
+"""Every table the DDL creates, schema-qualified."""

@@ -31,7 +31,7 @@ from resources.deadletter_store import (
     publish_starts,
     unpublished_dead_letters,
 )
-from resources.errors import WarehouseError, WarehouseLocked
+from resources.errors import CommitConflict, WarehouseError, WarehouseLocked
 from resources.ingest_store import (
     BatchRows,
     LedgerConflict,
@@ -150,7 +150,7 @@ def drain(
                     _ingest_one(
                         kafka, writer, deadletters, config, run_id, batch, publish_from, totals
                     )
-                except LedgerConflict as conflict:
+                except (LedgerConflict, CommitConflict) as conflict:
                     # Another writer (`astra ingest`, a run launched by hand) committed
                     # these offsets first. Nothing of this batch was written: stop here,
                     # and the next run starts where the ledger now ends.
@@ -224,8 +224,7 @@ def _ingest_one(
     # reaches the topic once. One too large for the topic goes as a pointer to its row.
     if frames.dead_letters.height:
         deadletters.publish(_letters(frames.dead_letters))
-        with writer.transaction() as tx:
-            mark_dead_letters_published(tx, frames.dead_letters, dt.datetime.now(dt.UTC))
+        _mark_published(writer, frames.dead_letters)
     kafka.commit_offsets(config.topic, batch.end_offsets)
     totals.batches += 1
     totals.messages += batch.size
@@ -237,6 +236,20 @@ def _ingest_one(
     # From what was inserted: a resend of a stored event (even with another ts) is
     # dropped as a duplicate and changes no window.
     totals.touched_hours.update(touched_hours(written.inserted_ts))
+
+
+def _mark_published(writer: BatchWriter, dead_letters: pl.DataFrame) -> None:
+    """Mark the batch's dead letters published; again when a lake refuses the commit for
+    a concurrent writer's rows (marking is idempotent)."""
+    for attempt in range(5):
+        try:
+            with writer.transaction() as tx:
+                mark_dead_letters_published(tx, dead_letters, dt.datetime.now(dt.UTC))
+            return
+        except CommitConflict:
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * 2**attempt)
 
 
 def _letters(rows: pl.DataFrame) -> Iterator[DeadLetter]:
