@@ -37,6 +37,7 @@ def test_definitions_load_with_pinned_names() -> None:
     assert checks == {
         "raw_events_offset_continuity",
         "raw_events_unique_offsets",
+        "raw_events_topic_not_recreated",
         "cleaned_events_unique_event_id",
         "cleaned_events_offsets_accounted",
         "dead_letter_events_rate",

@@ -13,6 +13,11 @@ class LedgerAheadOfBroker(AstraResourceError):
     """The ingest ledger points past the end of a partition: the broker lost its log."""
 
 
+class TopicRecreated(AstraResourceError):
+    """The topic's id is not the one the ledger recorded: it was deleted and created
+    again (or an in-memory broker restarted), and its offsets started again at 0."""
+
+
 class WarehouseLocked(AstraResourceError):
     """Another process held the DuckDB file lock for longer than we were willing to wait."""
 

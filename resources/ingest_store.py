@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from resources.errors import WarehouseError
+from resources.errors import TopicRecreated, WarehouseError
 from resources.tables import (
     DEAD_LETTER_EVENTS,
     DUPLICATE_EVENTS,
@@ -69,6 +69,33 @@ def next_offsets(session: WarehouseSession, topic: str) -> dict[int, int]:
     return {int(p): int(o) for p, o in frame.rows()}
 
 
+def recorded_topic_id(session: WarehouseSession, topic: str) -> str | None:
+    """The topic id of the ledger's latest batch of ``topic`` that recorded one."""
+    found = session.scalar(
+        f"SELECT topic_id FROM {INGEST_LEDGER} WHERE topic = ? AND topic_id IS NOT NULL "
+        "ORDER BY committed_at DESC LIMIT 1",
+        [topic],
+    )
+    return str(found) if found is not None else None
+
+
+def check_topic(session: WarehouseSession, topic: str, topic_id: str | None) -> None:
+    """Raise TopicRecreated when ``topic_id`` (the broker's, now) is not the one the
+    ledger's batches were read from. A broker that reports no ids, and a ledger that
+    recorded none, pass (then only a ledger past a partition's end is caught:
+    LedgerAheadOfBroker)."""
+    recorded = recorded_topic_id(session, topic)
+    if topic_id is None or recorded is None or recorded == topic_id:
+        return
+    raise TopicRecreated(
+        f"topic {topic} has id {topic_id}, but the ledger's batches were read from id "
+        f"{recorded}: the topic was deleted and created again (or its broker lost its "
+        "data), its offsets started again at 0 and no longer name the messages the ledger "
+        "recorded. Nothing was ingested. Start a new epoch: a fresh warehouse for the new "
+        "topic (docs/exactly-once.md, 'A topic created again')."
+    )
+
+
 def table_rows(session: WarehouseSession) -> dict[str, int]:
     """Rows in the ingest assets' tables: raw_events, cleaned_events (both clean tables)
     and dead_letter_events."""
@@ -89,8 +116,11 @@ def write_batch(
     end_offsets: Mapping[int, int],
     rows: BatchRows,
     committed_at: dt.datetime,
+    topic_id: str | None = None,
 ) -> BatchWritten:
-    """Write one batch; call inside ``DuckDBWarehouseResource.transaction()``."""
+    """Write one batch; call inside ``DuckDBWarehouseResource.transaction()``.
+    ``topic_id`` is the id of the topic the batch was read from (None: not reported)."""
+    check_topic(session, topic, topic_id)
     recorded = next_offsets(session, topic)
     moved = {
         p: (recorded.get(p, 0), start)
@@ -126,6 +156,7 @@ def write_batch(
                 "end_offset": end,
                 "message_count": count,
                 "committed_at": committed_at,
+                "topic_id": topic_id,
             }
             for p, end in sorted(end_offsets.items())
             if (count := _count(rows.raw_events, p)) > 0
@@ -139,6 +170,7 @@ def write_batch(
             "end_offset": pl.Int64,
             "message_count": pl.Int64,
             "committed_at": pl.Datetime("us", "UTC"),
+            "topic_id": pl.String,
         },
     )
     session.append(INGEST_LEDGER, ledger)

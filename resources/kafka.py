@@ -20,6 +20,7 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -310,6 +311,19 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             reason = described.error.str() if described and described.error else "no partitions"
             raise KafkaUnavailable(f"topic {topic} on {self.bootstrap_servers}: {reason}")
         return sorted(described.partitions)
+
+    def topic_id(self, topic: str) -> str | None:
+        """The topic's id (a new one when the topic is deleted and created again, or an
+        in-memory broker restarts), or None when the broker does not report ids."""
+        admin = self._admin()  # kept until the answer: a dropped client cancels it
+        try:
+            described = admin.describe_topics(TopicCollection([topic]))[topic].result(
+                timeout=self.timeout_s
+            )
+        except KafkaException as error:
+            raise KafkaUnavailable(self._unreachable(f"describing {topic}", error)) from error
+        found = getattr(described, "topic_id", None)
+        return str(found) if found else None
 
     def high_watermarks(self, topic: str) -> dict[int, int]:
         """The broker's reported end of each partition (may trail the true end)."""

@@ -157,7 +157,10 @@ _DDL = (
         start_offset BIGINT NOT NULL,
         end_offset BIGINT NOT NULL,
         message_count BIGINT NOT NULL,
-        committed_at TIMESTAMPTZ NOT NULL
+        committed_at TIMESTAMPTZ NOT NULL,
+        -- the id of the topic the batch was read from: a topic created again has
+        -- another (resources.ingest_store.check_topic)
+        topic_id VARCHAR
     )""",
     # Aggregates (astra_pipeline.transforms.windows): one hourly partition's rows are those
     # with window_start (session_start for sessions) in [hour, hour + 1h). Columns match
@@ -398,6 +401,8 @@ _FILE_MIGRATIONS = (
     f"ALTER TABLE {DEAD_LETTER_EVENTS} ADD COLUMN IF NOT EXISTS published_at TIMESTAMPTZ "
     "DEFAULT TIMESTAMPTZ '1970-01-01 00:00:00+00'",
     f"ALTER TABLE {DEAD_LETTER_EVENTS} ALTER COLUMN published_at DROP DEFAULT",
+    # The topic's id in each ledger row (a file made before it: null, the first id).
+    f"ALTER TABLE {INGEST_LEDGER} ADD COLUMN IF NOT EXISTS topic_id VARCHAR",
 )
 
 # Turns: one-row tables that writers of one kind update in every transaction, so that

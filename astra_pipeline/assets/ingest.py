@@ -31,10 +31,11 @@ from resources.deadletter_store import (
     publish_starts,
     unpublished_dead_letters,
 )
-from resources.errors import CommitConflict, WarehouseError, WarehouseLocked
+from resources.errors import CommitConflict, TopicRecreated, WarehouseError, WarehouseLocked
 from resources.ingest_store import (
     BatchRows,
     LedgerConflict,
+    check_topic,
     next_offsets,
     table_rows,
     write_batch,
@@ -54,6 +55,10 @@ RAW_EVENTS = dg.AssetKey("raw_events")
 CLEANED_EVENTS = dg.AssetKey("cleaned_events")
 DEAD_LETTER_EVENTS = dg.AssetKey("dead_letter_events")
 WRITER_POOL = "duckdb_writer"
+
+TOPIC_CHECK = "raw_events_topic_not_recreated"
+"""The blocking check that a topic is the one the ledger was read from
+(checks/ingest.py); an ingest run that finds otherwise reports it failed, then fails."""
 
 
 IngestEvent = dg.MaterializeResult | dg.AssetMaterialization | dg.AssetCheckEvaluation  # type: ignore[type-arg]
@@ -104,7 +109,11 @@ def drain(
     totals = IngestTotals() if totals is None else totals
     deadline = time.monotonic() + config.time_budget_s
     partitions = kafka.partitions(config.topic)
+    # The topic's id now: a topic created again since the ledger's batches (new id,
+    # offsets from 0) stops the run here, loudly (TopicRecreated), never silently.
+    topic_id = kafka.topic_id(config.topic)
     with warehouse.session() as session:
+        check_topic(session, config.topic, topic_id)
         recorded = next_offsets(session, config.topic)
     # Where the dead-letter topic ends before this run publishes anything: a run that
     # dies between a batch's commit and its dead letters' acknowledgement leaves them
@@ -148,7 +157,15 @@ def drain(
             if batch.size:
                 try:
                     _ingest_one(
-                        kafka, writer, deadletters, config, run_id, batch, publish_from, totals
+                        kafka,
+                        writer,
+                        deadletters,
+                        config,
+                        run_id,
+                        batch,
+                        publish_from,
+                        totals,
+                        topic_id,
                     )
                 except (LedgerConflict, CommitConflict) as conflict:
                     # Another writer (`astra ingest`, a run launched by hand) committed
@@ -192,6 +209,7 @@ def _ingest_one(
     batch: KafkaBatch,
     publish_from: str,
     totals: IngestTotals,
+    topic_id: str | None,
 ) -> None:
     batch_id = uuid.uuid4().hex
     now = dt.datetime.now(dt.UTC)
@@ -218,6 +236,7 @@ def _ingest_one(
                 duplicates=frames.duplicates,
             ),
             committed_at=dt.datetime.now(dt.UTC),
+            topic_id=topic_id,
         )
     # Dead letters go to their topic once committed, and are marked when acknowledged:
     # a crash in between is settled by the next run (_settle_dead_letters), so each
@@ -346,6 +365,15 @@ def build_ingest_events(defaults: IngestConfig) -> dg.AssetsDefinition:
         totals = IngestTotals()
         try:
             drain(kafka, warehouse, config, context.run.run_id, context.log, totals)
+        except TopicRecreated as error:
+            yield dg.AssetCheckEvaluation(
+                asset_key=RAW_EVENTS,
+                check_name=TOPIC_CHECK,
+                passed=False,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"topic": config.topic, "problem": str(error)},
+            )
+            raise dg.Failure(description=str(error)) from None
         except Exception:
             # Batches committed before the error are in the tables: report them (their
             # touched hours drive the windows refresh, and the next run starts after

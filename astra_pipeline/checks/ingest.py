@@ -11,7 +11,15 @@ checks scan everything.
 
 import dagster as dg
 
-from astra_pipeline.assets.ingest import CLEANED_EVENTS, DEAD_LETTER_EVENTS, RAW_EVENTS
+from astra_pipeline.assets.ingest import (
+    CLEANED_EVENTS,
+    DEAD_LETTER_EVENTS,
+    RAW_EVENTS,
+    TOPIC_CHECK,
+)
+from resources.errors import AstraResourceError
+from resources.ingest_store import check_topic
+from resources.kafka import KafkaResource
 from resources.tables import (
     DEAD_LETTER_EVENTS as DEAD_LETTER_TABLE,
 )
@@ -193,8 +201,33 @@ def make_dead_letter_rate_check(threshold: float) -> dg.AssetChecksDefinition:
     return dead_letter_events_rate
 
 
+@dg.asset_check(
+    asset=RAW_EVENTS,
+    name=TOPIC_CHECK,
+    blocking=True,
+    description="Each topic in the ledger is still the one its batches were read from "
+    "(the same topic id): not deleted and created again, not lost by its broker.",
+)
+def raw_events_topic_not_recreated(
+    kafka: KafkaResource, warehouse: DuckDBWarehouseResource
+) -> dg.AssetCheckResult:
+    with warehouse.session(read_only=True) as session:
+        topics = session.query(f"SELECT DISTINCT topic FROM {INGEST_LEDGER}")["topic"].to_list()
+        problems = {}
+        for topic in topics:
+            try:
+                check_topic(session, topic, kafka.topic_id(topic))
+            except AstraResourceError as error:
+                problems[topic] = str(error)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        metadata={"topics": len(topics), "problems": dg.MetadataValue.json(problems)},
+    )
+
+
 STATIC_CHECKS = [
     raw_events_offset_continuity,
+    raw_events_topic_not_recreated,
     raw_events_unique_offsets,
     cleaned_events_unique_event_id,
     cleaned_events_offsets_accounted,
