@@ -42,7 +42,7 @@ from resources.embedded_postgres import SUPERUSER, EmbeddedPostgres
 from resources.errors import AstraResourceError
 from resources.instance_runs import settle_runs
 from resources.kafka import KafkaResource
-from resources.settings import AstraSettings, SettingsError
+from resources.settings import DEV_LAKE_POINTER, AstraSettings, SettingsError
 from resources.truth_store import record_ground_truth, truth_frames
 from resources.warehouse import DuckDBWarehouseResource, warehouse_from_settings
 
@@ -398,19 +398,11 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     # dev`), like ASTRA_DUCKDB_PATH: one checkout can hold one dev session per folder.
     data = Path("data", "dev").resolve()
     home = Path(".dagster_home").resolve()
-    # The warehouse every other command uses by default (ASTRA_DUCKDB_PATH), so that
-    # `astra sql` and the README's commands see what this session ingests.
-    warehouse = settings.duckdb_path.resolve()
     # The embedded broker keeps nothing across restarts, so a ledger from an earlier
-    # session would point past its (empty) log: each dev session starts a fresh
-    # warehouse; the last one is kept beside it as *.previous.
+    # session would point past its (empty) log: each dev session starts a fresh lake
+    # (its catalog lives in the session's private Postgres, which goes with it).
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
-    warehouse.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", ".wal"):
-        old = warehouse.with_name(warehouse.name + suffix)
-        if old.exists():
-            old.replace(warehouse.with_name(warehouse.name + ".previous" + suffix))
     home.mkdir(exist_ok=True)
     # A SIGTERM (from a supervisor or `timeout`) stops everything just like Ctrl-C; and
     # Ctrl-C works even when started from a script that ignores SIGINT for its jobs.
@@ -425,10 +417,23 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         postgres.stop()
         raise
     _write_dev_instance(home / "dagster.yaml", postgres.port, postgres.create_database("dagster"))
+    # The warehouse is a lake: its catalog in this Postgres, its files under data/dev;
+    # the pointer file tells the commands of other shells (`astra sql`, `dg launch`)
+    # where it is while this session runs.
+    lake = {
+        "lake_catalog": postgres.create_database("lake"),
+        "lake_data_path": str(data / "lake"),
+    }
+    pointer = Path.cwd() / DEV_LAKE_POINTER
+    pointer.write_text(json.dumps(lake) + "\n")
     env = {
         **os.environ,
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "ASTRA_DUCKDB_PATH": str(warehouse),
+        "ASTRA_LAKE_CATALOG": lake["lake_catalog"],
+        "ASTRA_LAKE_DATA_PATH": lake["lake_data_path"],
+        # Micro-batches every few seconds leave small files: compact every 5 minutes.
+        "ASTRA_LAKE_MAINTENANCE_CRON": os.environ.get("ASTRA_LAKE_MAINTENANCE_CRON")
+        or "*/5 * * * *",
         "DAGSTER_HOME": str(home),
         # The serving copy, kept current by the automation sensor.
         "ASTRA_PG_URL": postgres.create_database("astra"),
@@ -498,7 +503,8 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         ).start()
         sys.stdout.write(
             f"AstraStream dev: broker {broker.bootstrap_servers}, UI http://127.0.0.1:{args.port}, "
-            f"warehouse {warehouse}. Ctrl-C stops everything.\n"
+            f"lake {lake['lake_data_path']} (catalog {lake['lake_catalog']}). "
+            "Ctrl-C stops everything.\n"
         )
         sys.stdout.flush()
         while all(child.poll() is None for child in children):
@@ -528,6 +534,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         if forwarding is not None:
             forwarding.join(timeout=10)  # its last lines before the summary
         broker.stop()
+        pointer.unlink(missing_ok=True)
         try:
             postgres.stop()
         except AstraResourceError as error:

@@ -194,7 +194,8 @@ def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
         _wait_for(lambda: _ui_up(env["ASTRA_DAGSTER_URL"]), 120, "the dev UI")
         _wait_for(
             lambda: (
-                (checkout / "data" / "astra.duckdb").exists() and _count(shell, "raw.events") > 0
+                (checkout / "data" / "dev" / "lake.json").exists()
+                and _count(shell, "raw.events") > 0
             ),
             120,
             "the dev platform's first ingest",

@@ -9,6 +9,7 @@ listed with its default in `.env.example`.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,6 +94,8 @@ class AstraSettings(BaseModel):
             key = env_var_name(name)
             if key in env and env[key] != "":
                 values[name] = env[key]
+        if environ is None and not {"lake_catalog", "duckdb_path"} & set(values):
+            values |= dev_session_lake()
         try:
             return cls.model_validate(values)
         except ValidationError as error:
@@ -101,6 +104,29 @@ class AstraSettings(BaseModel):
                 for e in error.errors(include_url=False)
             )
             raise SettingsError(f"invalid environment: {problems}") from None
+
+
+DEV_LAKE_POINTER = Path("data", "dev", "lake.json")
+"""Written by `astra dev` while it runs (relative to its working folder, like the
+default warehouse file): the running dev session's lake catalog and data path."""
+
+
+def dev_session_lake(folder: Path | None = None) -> dict[str, str]:
+    """The running dev session's lake settings (lake_catalog, lake_data_path), read
+    from DEV_LAKE_POINTER under ``folder`` (default: the working folder), or nothing.
+    Applied only when the environment chooses no warehouse itself (neither
+    ASTRA_LAKE_CATALOG nor ASTRA_DUCKDB_PATH): then `astra sql`, `dg launch` and the
+    README's commands in another shell see what `make dev` ingests."""
+    pointer = (folder or Path.cwd()) / DEV_LAKE_POINTER
+    try:
+        found = json.loads(pointer.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {
+        key: str(found[key])
+        for key in ("lake_catalog", "lake_data_path")
+        if isinstance(found, dict) and found.get(key)
+    }
 
 
 def partitions_start(environ: Mapping[str, str] | None = None) -> dt.date:

@@ -300,8 +300,9 @@ class DuckDBWarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg
         path = Path(self.path)
         if read_only and not path.exists():
             raise WarehouseError(
-                f"no warehouse at {path}: nothing has been ingested yet "
-                "(or ASTRA_DUCKDB_PATH points elsewhere)"
+                f"no warehouse at {path}: nothing has been ingested yet (or "
+                "ASTRA_DUCKDB_PATH or ASTRA_LAKE_CATALOG points elsewhere; a `make dev` "
+                "session's lake is found while the session runs)"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout_s
