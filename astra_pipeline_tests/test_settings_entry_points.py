@@ -18,7 +18,12 @@ from astra_pipeline.assets.ingest import RAW_EVENTS
 from astra_pipeline.definitions import build_definitions
 from astra_pipeline_tests.helpers import counts, produce, settings_for
 from resources.kafka import KafkaResource
-from resources.settings import SettingsError, partitions_start
+from resources.settings import (
+    DEV_LAKE_POINTER,
+    AstraSettings,
+    SettingsError,
+    partitions_start,
+)
 from resources.warehouse import DuckDBWarehouseResource
 
 ASTRA = str(Path(sys.executable).parent / "astra")
@@ -83,3 +88,30 @@ def test_partitions_start_where_the_setting_says() -> None:
     with pytest.raises(SettingsError, match="ASTRA_PARTITIONS_START"):
         partitions_start({"ASTRA_PARTITIONS_START": "yesterday"})
     assert partitions_start({}).isoformat() == "2026-01-01"
+
+
+def test_a_running_dev_sessions_lake_is_the_default_unless_a_warehouse_is_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`astra dev` writes data/dev/lake.json while it runs; a command of another shell in
+    the same folder reads that lake, unless its environment names a warehouse."""
+    for name in ("ASTRA_LAKE_CATALOG", "ASTRA_LAKE_DATA_PATH", "ASTRA_DUCKDB_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert AstraSettings.from_env().lake_catalog == ""  # no session: the DuckDB file
+    (tmp_path / DEV_LAKE_POINTER).parent.mkdir(parents=True)
+    (tmp_path / DEV_LAKE_POINTER).write_text(
+        '{"lake_catalog": "postgresql://postgres@127.0.0.1:1/lake", "lake_data_path": "/x/"}'
+    )
+    found = AstraSettings.from_env()
+    assert (found.lake_catalog, found.lake_data_path) == (
+        "postgresql://postgres@127.0.0.1:1/lake",
+        "/x/",
+    )
+    monkeypatch.setenv("ASTRA_DUCKDB_PATH", str(tmp_path / "mine.duckdb"))
+    assert AstraSettings.from_env().lake_catalog == ""
+    monkeypatch.delenv("ASTRA_DUCKDB_PATH")
+    monkeypatch.setenv("ASTRA_LAKE_CATALOG", "postgresql://postgres@127.0.0.1:2/other")
+    assert AstraSettings.from_env().lake_catalog.endswith(":2/other")
+    # An explicit environment (tests, compose) is never mixed with the session's file.
+    assert AstraSettings.from_env({}).lake_catalog == ""
