@@ -18,6 +18,7 @@ checked against what the simulator says it produced (not against the code under 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +36,13 @@ from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+WAREHOUSE_FIELDS = (
+    "path",
+    "lock_timeout_s",
+    "lake_catalog",
+    "lake_data_path",
+    "lake_metadata_schema",
+)
 EVENTS = 20_000
 BATCH = 2_000
 KILL_ON_CALL = 3
@@ -46,7 +54,7 @@ CHILD = r"""
 import os, sys, time
 from pathlib import Path
 
-bootstrap, topic, group, db_path, kill_point, marker, kill_on, batch = sys.argv[1:9]
+bootstrap, topic, group, warehouse_json, kill_point, marker, kill_on, batch = sys.argv[1:9]
 kill_on, batch = int(kill_on), int(batch)
 
 import astra_pipeline.assets.ingest as ingest
@@ -99,7 +107,8 @@ def commit_offsets(self, *args, **kwargs):
 KafkaResource.commit_offsets = commit_offsets
 
 kafka = KafkaResource(bootstrap_servers=bootstrap, consumer_group=group)
-warehouse = DuckDBWarehouseResource(path=db_path, lock_timeout_s=5)
+import json
+warehouse = DuckDBWarehouseResource(**json.loads(warehouse_json))
 config = ingest.IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq", max_batch_size=batch)
 ingest.drain(kafka, warehouse, config, run_id="crashing-child")
 Path(marker + ".finished").write_text("drain returned without being killed")
@@ -107,7 +116,11 @@ Path(marker + ".finished").write_text("drain returned without being killed")
 
 
 def run_child_until_frozen(
-    kafka: KafkaResource, topic: str, db_path: Path, kill_point: str, tmp_path: Path
+    kafka: KafkaResource,
+    topic: str,
+    warehouse: DuckDBWarehouseResource,
+    kill_point: str,
+    tmp_path: Path,
 ) -> str:
     """Start the instrumented child, wait until it is frozen at the kill point, SIGKILL it."""
     marker = tmp_path / f"frozen-{kill_point}"
@@ -121,7 +134,7 @@ def run_child_until_frozen(
         kafka.bootstrap_servers,
         topic,
         kafka.consumer_group,
-        str(db_path),
+        json.dumps({name: getattr(warehouse, name) for name in WAREHOUSE_FIELDS}),
         kill_point,
         str(marker),
         str(KILL_ON_CALL),
@@ -198,17 +211,22 @@ def deadletter_sources(kafka: KafkaResource, dlq: str) -> list[str]:
 @pytest.mark.parametrize(
     "kill_point", ["in_transaction", "after_duckdb_commit", "before_deadletter_ack"]
 )
+@pytest.mark.parametrize("backend", ["file", "lake"])
 def test_sigkill_mid_ingest_then_recover_is_exactly_once(
     kafka: KafkaResource,
     topic: str,
-    warehouse: DuckDBWarehouseResource,
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     kill_point: str,
+    backend: str,
 ) -> None:
+    warehouse: DuckDBWarehouseResource = request.getfixturevalue(
+        "warehouse" if backend == "file" else "lake_warehouse"
+    )
     sent = produce(kafka, topic, EVENTS, malformed_fraction=0.02, duplicate_fraction=0.02)
     assert sent["malformed"] > 0 and sent["duplicates"] > 0
 
-    label = run_child_until_frozen(kafka, topic, Path(warehouse.path), kill_point, tmp_path)
+    label = run_child_until_frozen(kafka, topic, warehouse, kill_point, tmp_path)
     assert not (tmp_path / f"frozen-{kill_point}.finished").exists()
 
     # The state the crash left behind: only whole batches, and the kill point really hit.
