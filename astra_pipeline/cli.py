@@ -424,6 +424,11 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         "lake_catalog": postgres.create_database("lake"),
         "lake_data_path": str(data / "lake"),
     }
+    # Its tables from the start: `astra sql` answers 0 rather than "no lake" until the
+    # first run has ingested.
+    DuckDBWarehouseResource(
+        lake_catalog=lake["lake_catalog"], lake_data_path=lake["lake_data_path"]
+    ).ensure_schema()
     pointer = Path.cwd() / DEV_LAKE_POINTER
     pointer.write_text(json.dumps(lake) + "\n")
     env = {

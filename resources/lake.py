@@ -167,6 +167,11 @@ def _attach(location: LakeLocation, read_only: bool) -> duckdb.DuckDBPyConnectio
         try:
             con.execute(location.attach_sql(read_only))
         except duckdb.Error as error:
+            if read_only and "creating a new DuckLake is explicitly disabled" in str(error):
+                raise WarehouseError(
+                    f"no lake at {location.describe()}: nothing has been ingested yet "
+                    "(or ASTRA_LAKE_CATALOG or ASTRA_LAKE_METADATA_SCHEMA points elsewhere)"
+                ) from None
             raise WarehouseError(
                 f"cannot attach {location.describe()}: {str(error).splitlines()[0]}"
             ) from None
