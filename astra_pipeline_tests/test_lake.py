@@ -80,7 +80,7 @@ def test_two_ingest_processes_at_once_store_every_event_exactly_once(
     lake_warehouse: DuckDBWarehouseResource,
 ) -> None:
     env = _lake_env(lake_warehouse, broker, topic)
-    produce(kafka, topic, 60_000, seed=3)
+    produce(kafka, topic, 30_000, seed=3)
     lake_warehouse.ensure_schema()  # both processes then find the tables
     ingests = [
         subprocess.Popen(
@@ -103,12 +103,12 @@ def test_two_ingest_processes_at_once_store_every_event_exactly_once(
         'SELECT count(*) AS n, count(DISTINCT ("partition", "offset")) AS distinct_offsets '
         "FROM raw.events"
     ).row(0, named=True)
-    assert raw == {"n": 60_000, "distinct_offsets": 60_000}, totals
+    assert raw == {"n": 30_000, "distinct_offsets": 30_000}, totals
     clean = lake_warehouse.query(
         "SELECT (SELECT count(*) FROM clean.sensor_readings) + "
         "(SELECT count(*) FROM clean.user_activity) AS n"
     ).item()
-    assert clean == 60_000
+    assert clean == 30_000
     ledger = _ledger_is_contiguous(lake_warehouse, topic)
     assert ledger.height >= 6
 
@@ -166,7 +166,7 @@ def test_a_reader_never_blocks_ingest_and_sees_whole_batches(
     kafka: KafkaResource,
     lake_warehouse: DuckDBWarehouseResource,
 ) -> None:
-    produce(kafka, topic, 20_000, seed=6)
+    produce(kafka, topic, 10_000, seed=6)
     lake_warehouse.ensure_schema()
     seen: list[tuple[int, int]] = []
     stop = threading.Event()
@@ -191,7 +191,7 @@ def test_a_reader_never_blocks_ingest_and_sees_whole_batches(
             IngestConfig(
                 topic=topic,
                 deadletter_topic=f"{topic}_dlq",
-                max_batch_size=1000,
+                max_batch_size=500,
                 time_budget_s=120,
             ),
             run_id="reader-test",
@@ -199,7 +199,7 @@ def test_a_reader_never_blocks_ingest_and_sees_whole_batches(
     finally:
         stop.set()
         thread.join(timeout=60)
-    assert totals.batches >= 20 and totals.messages == 20_000
+    assert totals.batches >= 20 and totals.messages == 10_000
     # Each read saw the rows and the ledger of the same commits: never a batch half-written.
     assert seen and all(rows == ledger for rows, ledger in seen), seen[:5]
     batch_ends = set(
