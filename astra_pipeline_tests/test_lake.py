@@ -22,7 +22,9 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
+from astra_pipeline.assets import window_refresh
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.assets.lake import build_lake_files
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
@@ -34,6 +36,7 @@ from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
 
 BIN = Path(sys.executable).parent
+HOUR = dt.timedelta(hours=1)
 
 
 def _lake_env(
@@ -294,3 +297,48 @@ def test_maintenance_merges_small_files_and_keeps_every_row(
     # What this second pass itself replaced is younger than the retention: it may stay.
     assert isinstance(live, int) and live <= left < on_disk
     assert lake_warehouse.query(question).row(0) == answer
+
+
+def test_a_window_refresh_refused_by_a_concurrent_commit_is_computed_again(
+    topic: str,
+    kafka: KafkaResource,
+    lake_warehouse: DuckDBWarehouseResource,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a lake two refreshes (or a refresh and a compaction) can both run; the one
+    whose commit is refused computes its chunk again and ends with the right windows."""
+    produce(kafka, topic, 2000, seed=13)
+    drain(kafka, lake_warehouse, _config(topic), run_id="ingest")
+    hour = lake_warehouse.query(
+        "SELECT date_trunc('hour', max(ts)) AS h FROM clean.sensor_readings"
+    ).item()
+    old = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    with lake_warehouse.transaction() as tx:  # a row the concurrent commit will delete
+        tx.execute(
+            "INSERT INTO agg.user_1m VALUES ('u-old', ?, ?, 1, 1, 0, 0, 0.0)",
+            [old, old + dt.timedelta(minutes=1)],
+        )
+    calls = []
+    original = window_refresh.record_partitions
+
+    def record_after_a_concurrent_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            with lake_warehouse.transaction() as other:
+                other.execute("DELETE FROM agg.user_1m WHERE window_start < ?", [old + HOUR])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(window_refresh, "record_partitions", record_after_a_concurrent_commit)
+    refresh = window_refresh.refresh_hours(lake_warehouse, hour, hour, run_id="refresh")
+    assert len(calls) == 2, "the first commit was refused and the chunk computed again"
+    monkeypatch.setattr(window_refresh, "record_partitions", original)
+    first = {
+        name: lake_warehouse.query(f"SELECT count(*) FROM agg.{name}").item()
+        for name in ("sensor_1m", "user_1m", "user_sessions")
+    }
+    window_refresh.refresh_hours(lake_warehouse, hour, hour, run_id="again")
+    again = {
+        name: lake_warehouse.query(f"SELECT count(*) FROM agg.{name}").item()
+        for name in ("sensor_1m", "user_1m", "user_sessions")
+    }
+    assert first == again and first["sensor_1m"] > 0, (first, again, refresh)

@@ -22,6 +22,7 @@ from astra_pipeline.transforms.partition_windows import (
     input_ranges,
 )
 from astra_pipeline.transforms.windows import HOUR
+from resources.errors import CommitConflict
 from resources.warehouse import DuckDBWarehouseResource, WarehouseSession
 from resources.window_store import (
     PartitionRecord,
@@ -77,6 +78,10 @@ class WindowRefresh:
     hours: list[dt.datetime]
 
 
+COMMIT_ATTEMPTS = 5
+"""How often a refresh chunk is computed again after a lake refused its commit."""
+
+
 def refresh_hours(
     warehouse: DuckDBWarehouseResource,
     first: dt.datetime,
@@ -97,30 +102,43 @@ def refresh_hours(
     rollups = "current"
     for chunk_start in hours[:: int(CHUNK / HOUR)]:
         chunk_end = min(chunk_start + CHUNK, hours[-1] + HOUR)
-        with warehouse.transaction() as tx:
-            now = dt.datetime.now(dt.UTC)
-            previous = (
-                partition_record(tx, chunk_start)
-                if since_last_refresh and len(hours) == 1
-                else None
-            )
-            if previous is not None and previous.seen_until is not None:
-                last_rollup = rollups_record(tx, chunk_start)
-                refreshed = _refresh_since(
-                    tx, chunk_start, previous, previous.seen_until, last_rollup, now
-                )
-                if refreshed is None:
-                    current = last_rollup is not None and last_rollup[1] == previous.seen_until
-                    return WindowRefresh(_unchanged(previous, current, started), hours)
-                mode = "since_last_refresh"
-            else:
-                refreshed = _refresh_in_full(tx, chunk_start, chunk_end, now)
-            written, stats, seen_until, rolled_up = refreshed
-            if not rolled_up:
-                rollups = "deferred"
-            for name, count in written.items():
-                rows[name] = rows.get(name, 0) + count
-            records.append(record_partitions(tx, stats, run_id, seen_until, now))
+        # On a lake a concurrent commit to the same tables (another refresh, a
+        # compaction) can refuse this one: the chunk is then computed again from the
+        # start, in a new transaction that sees what the other committed.
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                with warehouse.transaction() as tx:
+                    now = dt.datetime.now(dt.UTC)
+                    previous = (
+                        partition_record(tx, chunk_start)
+                        if since_last_refresh and len(hours) == 1
+                        else None
+                    )
+                    if previous is not None and previous.seen_until is not None:
+                        last_rollup = rollups_record(tx, chunk_start)
+                        refreshed = _refresh_since(
+                            tx, chunk_start, previous, previous.seen_until, last_rollup, now
+                        )
+                        if refreshed is None:
+                            current = (
+                                last_rollup is not None and last_rollup[1] == previous.seen_until
+                            )
+                            return WindowRefresh(_unchanged(previous, current, started), hours)
+                        mode = "since_last_refresh"
+                    else:
+                        refreshed = _refresh_in_full(tx, chunk_start, chunk_end, now)
+                    written, stats, seen_until, rolled_up = refreshed
+                    record = record_partitions(tx, stats, run_id, seen_until, now)
+                break
+            except CommitConflict:
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        if not rolled_up:
+            rollups = "deferred"
+        for name, count in written.items():
+            rows[name] = rows.get(name, 0) + count
+        records.append(record)
     partitions = [r for frame in records for r in frame.iter_rows(named=True)]
     seconds = round(time.monotonic() - started, 3)
     if len(partitions) == 1:
