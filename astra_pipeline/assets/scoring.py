@@ -303,7 +303,14 @@ def anomaly_scores(
         target = pl.col("ts") >= chunk_start
         history = readings.filter(~target)
         scores = score_readings(history, readings.filter(target), rules)
-        with warehouse.transaction() as tx:
+
+        def replace(
+            tx: WarehouseSession,
+            scores: pl.DataFrame = scores,
+            chunk_start: dt.datetime = chunk_start,
+            chunk_end: dt.datetime = chunk_end,
+            seen_until: dt.datetime | None = seen_until,
+        ) -> tuple[list[dt.datetime], pl.DataFrame]:
             # A run that read later clean rows may have written some of these hours while
             # this one scored: its scores stay (replaced only by ones at least as fresh).
             newer = newer_hours(tx, asset, chunk_start, chunk_end, seen_until)
@@ -322,6 +329,11 @@ def anomaly_scores(
             record_partitions(
                 tx, asset, counts, seen_until, context.run.run_id, dt.datetime.now(dt.UTC)
             )
+            return newer, scores
+
+        # Not in the writer pool: on a lake a concurrent writer of the same tables (the
+        # alerts step's partition records) can refuse this commit; it is then redone.
+        newer, scores = warehouse.retrying(replace)
         history_rows += history.height
         superseded += len(newer)
         scored.append(scores.select("score", "driver"))
