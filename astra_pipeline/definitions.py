@@ -133,7 +133,11 @@ def _lake_maintenance(settings: AstraSettings) -> _LakeParts:
     if not settings.lake_catalog:
         return _LakeParts([], [], [])
     return _LakeParts(
-        assets=[build_lake_files(settings.lake_snapshot_retention_hours)],
+        assets=[
+            build_lake_files(
+                settings.lake_snapshot_retention_hours, settings.lake_raw_retention_days
+            )
+        ],
         jobs=[build_lake_maintenance_job()],
         schedules=[
             build_lake_maintenance_schedule(

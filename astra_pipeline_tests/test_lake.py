@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from astra_pipeline.assets import window_refresh
 from astra_pipeline.assets.ingest import IngestConfig, drain
@@ -33,6 +34,7 @@ from resources.broker import EmbeddedBroker
 from resources.errors import CommitConflict
 from resources.ingest_store import BatchRows, write_batch
 from resources.kafka import KafkaResource
+from resources.lake_maintenance import maintain
 from resources.warehouse import DuckDBWarehouseResource
 
 BIN = Path(sys.executable).parent
@@ -342,3 +344,48 @@ def test_a_window_refresh_refused_by_a_concurrent_commit_is_computed_again(
         for name in ("sensor_1m", "user_1m", "user_sessions")
     }
     assert first == again and first["sensor_1m"] > 0, (first, again, refresh)
+
+
+def test_the_lake_is_the_archive_a_backfill_needs_no_kafka(
+    broker: EmbeddedBroker,
+    topic: str,
+    kafka: KafkaResource,
+    lake_warehouse: DuckDBWarehouseResource,
+) -> None:
+    """Kafka drops the messages (here: the topic is deleted); a windows backfill of their
+    hours still works, from the lake's clean tables, and gives the same windows. The
+    raw retention of maintenance then deletes old raw.events rows only."""
+    produce(kafka, topic, 3000, seed=14)
+    drain(kafka, lake_warehouse, _config(topic), run_id="ingest")
+    hour = lake_warehouse.query(
+        "SELECT date_trunc('hour', max(ts)) AS h FROM clean.sensor_readings"
+    ).item()
+    window_refresh.refresh_hours(lake_warehouse, hour - HOUR, hour, run_id="before")
+    before = lake_warehouse.query("SELECT * FROM agg.sensor_1m ORDER BY ALL")
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap_servers})
+    admin.delete_topics([topic])[topic].result(30)
+    assert topic not in admin.list_topics(timeout=10).topics
+    window_refresh.refresh_hours(lake_warehouse, hour - HOUR, hour, run_id="backfill")
+    after = lake_warehouse.query("SELECT * FROM agg.sensor_1m ORDER BY ALL")
+    assert after.height > 0 and after.equals(before)
+
+    clean = _clean_count(lake_warehouse)
+    time.sleep(1.0)
+    report = maintain(
+        lake_warehouse,
+        dt.timedelta(hours=1),
+        dt.datetime.now(dt.UTC),
+        raw_retention=dt.timedelta(seconds=0.5),
+    )
+    assert report.raw_rows_expired == 3000
+    assert lake_warehouse.query("SELECT count(*) FROM raw.events").item() == 0
+    assert _clean_count(lake_warehouse) == clean
+
+
+def _clean_count(warehouse: DuckDBWarehouseResource) -> int:
+    return int(
+        warehouse.query(
+            "SELECT (SELECT count(*) FROM clean.sensor_readings) + "
+            "(SELECT count(*) FROM clean.user_activity)"
+        ).item()
+    )

@@ -1,5 +1,9 @@
 """Keeping a DuckLake small: fewer, larger files and no history past its retention.
 
+0. when a raw retention is set, delete the raw.events rows ingested before it (the lake
+   keeps the raw messages after Kafka's own retention dropped them, for as long as this
+   says; the clean tables are kept);
+
 Every micro-batch commit writes a Parquet file per table it touches (or, for a few rows,
 inlines them in the catalog), and every window refresh deletes rows (a delete file) and
 writes new ones; a day of 5-second runs leaves thousands of small files. Maintenance, in
@@ -26,6 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from resources.lake import LAKE
+from resources.tables import RAW_EVENTS
 from resources.warehouse import DuckDBWarehouseResource, WarehouseSession
 
 
@@ -41,6 +46,7 @@ class MaintenanceReport:
     before: dict[str, TableFiles]
     after: dict[str, TableFiles]
     snapshots_expired: int
+    raw_rows_expired: int
     files_deleted: int
     bytes_reclaimed: int
     """Bytes freed in the data path (a local folder: measured on disk; a bucket: the
@@ -91,6 +97,14 @@ def expire(session: WarehouseSession, older_than: dt.datetime) -> tuple[int, int
     return expired, deleted + orphans
 
 
+def expire_raw(before: dt.datetime, session: WarehouseSession) -> int:
+    """Step 0: delete the raw messages ingested before ``before``; how many."""
+    return int(
+        session.scalar(f"DELETE FROM {RAW_EVENTS} WHERE ingested_at < ?::TIMESTAMPTZ", [before])
+        or 0
+    )
+
+
 def _run(call: str, session: WarehouseSession) -> None:
     session.query(call)
 
@@ -124,7 +138,10 @@ def summary_frame(report: MaintenanceReport) -> pl.DataFrame:
 
 
 def maintain(
-    warehouse: DuckDBWarehouseResource, retention: dt.timedelta, now: dt.datetime
+    warehouse: DuckDBWarehouseResource,
+    retention: dt.timedelta,
+    now: dt.datetime,
+    raw_retention: dt.timedelta | None = None,
 ) -> MaintenanceReport:
     """Compact the lake and drop its history older than ``retention`` (steps 1-5). A
     concurrent writer's commit can refuse a compaction's: it is tried again from the
@@ -133,6 +150,9 @@ def maintain(
     with warehouse.session() as session:
         before = table_files(session)
     disk_before = folder_bytes(path)
+    raw_expired = 0
+    if raw_retention is not None:
+        raw_expired = warehouse.retrying(partial(expire_raw, now - raw_retention))
     for call in COMPACTIONS:
         warehouse.retrying(partial(_run, call))
     expired, deleted = warehouse.retrying(lambda session: expire(session, now - retention))
@@ -148,6 +168,7 @@ def maintain(
         before=before,
         after=after,
         snapshots_expired=expired,
+        raw_rows_expired=raw_expired,
         files_deleted=deleted,
         bytes_reclaimed=reclaimed,
     )

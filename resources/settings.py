@@ -54,6 +54,10 @@ class AstraSettings(BaseModel):
     # reference are deleted.
     lake_maintenance_cron: str = "17 * * * *"
     lake_snapshot_retention_hours: float = Field(default=168.0, gt=0)
+    # The lake is the archive of the raw messages, kept after Kafka's retention has
+    # dropped them: maintenance deletes raw.events rows ingested longer ago than this
+    # many days; 0 keeps every message. (The clean tables are kept whatever it is.)
+    lake_raw_retention_days: float = Field(default=0.0, ge=0)
     max_batch_size: int = Field(default=100_000, ge=1)
     run_time_budget_s: float = Field(default=60.0, gt=0)
     sensor_interval_s: int = Field(default=5, ge=1)

@@ -18,7 +18,9 @@ from resources.warehouse import DuckDBWarehouseResource
 LAKE_FILES = dg.AssetKey(["lake_files"])
 
 
-def build_lake_files(default_retention_hours: float) -> dg.AssetsDefinition:
+def build_lake_files(
+    default_retention_hours: float, default_raw_retention_days: float = 0.0
+) -> dg.AssetsDefinition:
     """The maintenance asset, its retention defaulting to the deployment's setting."""
 
     class LakeMaintenanceConfig(dg.Config):
@@ -27,6 +29,11 @@ def build_lake_files(default_retention_hours: float) -> dg.AssetsDefinition:
             gt=0,
             description="Snapshots older than this many hours are expired (time travel "
             "reaches back that far).",
+        )
+        raw_retention_days: float = Field(
+            default=default_raw_retention_days,
+            ge=0,
+            description="raw.events rows ingested longer ago are deleted; 0 keeps all.",
         )
 
     @dg.asset(
@@ -42,7 +49,12 @@ def build_lake_files(default_retention_hours: float) -> dg.AssetsDefinition:
         warehouse: DuckDBWarehouseResource,
     ) -> dg.MaterializeResult[None]:
         report = maintain(
-            warehouse, dt.timedelta(hours=config.retention_hours), dt.datetime.now(dt.UTC)
+            warehouse,
+            dt.timedelta(hours=config.retention_hours),
+            dt.datetime.now(dt.UTC),
+            raw_retention=(
+                dt.timedelta(days=config.raw_retention_days) if config.raw_retention_days else None
+            ),
         )
         context.log.info(
             f"lake files {_total(report, 'before')} -> {_total(report, 'after')}, "
@@ -70,6 +82,7 @@ def _metadata(report: MaintenanceReport) -> dict[str, dg.MetadataValue]:
         "files_after": dg.MetadataValue.int(_total(report, "after")),
         "files_deleted": dg.MetadataValue.int(report.files_deleted),
         "snapshots_expired": dg.MetadataValue.int(report.snapshots_expired),
+        "raw_rows_expired": dg.MetadataValue.int(report.raw_rows_expired),
         "bytes_reclaimed": dg.MetadataValue.int(report.bytes_reclaimed),
         "files_per_table": dg.MetadataValue.md("\n".join(lines)),
     }
