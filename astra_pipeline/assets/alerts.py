@@ -217,6 +217,7 @@ def build_alerts_asset(
         warehouse.ensure_schema()
         now = dt.datetime.now(dt.UTC)
         with warehouse.transaction() as tx:
+            tx.commit_message(context.run.run_id, f"alerts {window.start:%Y-%m-%d %H:%M}")
             candidates = load_alert_candidates(tx, window.start, window.end, run_threshold)
             found = alerts_from_scores(candidates, run_threshold)
             new = insert_new_alerts(tx, found, run_threshold, now, context.run.run_id)

@@ -94,6 +94,7 @@ def churn_features(
     for day in days_of(context.partition_time_window):
         end = day_end(day)
         with warehouse.transaction() as tx:
+            tx.commit_message(context.run.run_id, f"churn_features {day}")
             seen_until = latest_ingestion(tx)
             activity = load_feature_activity(tx, end, DETAIL_WINDOW)
             latest = activity.group_by("user_id").agg(pl.col("ts").max().alias("max_event_ts"))

@@ -196,6 +196,7 @@ def churn_scores(
     scored_total = 0
     for day in days_of(context.partition_time_window):
         with warehouse.transaction() as tx:
+            tx.commit_message(context.run.run_id, f"churn_scores {day}")
             seen_until = latest_ingestion(tx)
             train, labels, today, reason = _training_rows(tx, day, config)
             if reason is None:
@@ -311,6 +312,7 @@ def anomaly_scores(
             chunk_end: dt.datetime = chunk_end,
             seen_until: dt.datetime | None = seen_until,
         ) -> tuple[list[dt.datetime], pl.DataFrame]:
+            tx.commit_message(context.run.run_id, f"anomaly_scores {chunk_start:%Y-%m-%d %H:%M}")
             # A run that read later clean rows may have written some of these hours while
             # this one scored: its scores stay (replaced only by ones at least as fresh).
             newer = newer_hours(tx, asset, chunk_start, chunk_end, seen_until)

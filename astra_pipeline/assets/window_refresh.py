@@ -108,6 +108,7 @@ def refresh_hours(
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 with warehouse.transaction() as tx:
+                    tx.commit_message(run_id, f"windows from {chunk_start:%Y-%m-%d %H:%M}")
                     now = dt.datetime.now(dt.UTC)
                     previous = (
                         partition_record(tx, chunk_start)
