@@ -126,33 +126,36 @@ def test_dockerfile_copies_the_packages_and_the_instance_config() -> None:
     assert ".env" in ignored, "secrets must never enter the build context"
 
 
-def test_code_server_module_loads_and_workspace_points_at_it(tmp_path: Path) -> None:
+def test_code_servers_modules_load_and_workspace_points_at_them(tmp_path: Path) -> None:
+    """The main code location and the watchdog's, each a gRPC code server service."""
     services = load_compose()["services"]
-    command = services["codeserver"]["command"]
-    assert command[:3] == ["dagster", "api", "grpc"]
-    module = command[command.index("--module-name") + 1]
-    port = int(command[command.index("--port") + 1])
     workspace = yaml.safe_load((REPO / "workspace.compose.yaml").read_text())
-    (entry,) = workspace["load_from"]
-    assert entry["grpc_server"]["host"] == "codeserver"
-    assert entry["grpc_server"]["port"] == port
+    entries = {e["grpc_server"]["host"]: e["grpc_server"] for e in workspace["load_from"]}
+    assert set(entries) == {"codeserver", "watchdog"}
+    # The watchdog sees the code server's run workers: the same process namespace.
+    assert services["watchdog"]["pid"] == "service:codeserver"
     for name in ("webserver", "daemon"):
         assert "workspace.compose.yaml" in services[name]["command"]
-    # The same loader the code server uses, on the module the compose file names.
+    # The same loader the code servers use, on the modules the compose file names.
     # Default settings; a SQLite instance (without DAGSTER_HOME the CLI would read the
     # Postgres dagster.yaml from the working directory).
     shutil.copy(REPO / "dagster.embedded.yaml", tmp_path / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ASTRA_", "DAGSTER_"))}
     env["DAGSTER_HOME"] = str(tmp_path)
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", module],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    for host, entry in entries.items():
+        command = services[host]["command"]
+        assert command[:3] == ["dagster", "api", "grpc"]
+        module = command[command.index("--module-name") + 1]
+        assert entry["port"] == int(command[command.index("--port") + 1])
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-m", module],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_env_example_lists_exactly_what_the_code_reads() -> None:
@@ -177,7 +180,7 @@ def test_compose_passes_only_variables_the_code_reads() -> None:
         assert service["env_file"] == ".env", name
         unknown = set(service.get("environment", {})) - readable
         assert not unknown, f"{name} passes variables nothing reads: {unknown}"
-    assert set(ours(services)) == {"codeserver", "webserver", "daemon", "simulator"}
+    assert set(ours(services)) == {"codeserver", "watchdog", "webserver", "daemon", "simulator"}
     # Interpolated (${VAR}) and container-shell ($${VAR}, $$VAR) references alike.
     referenced = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", text))
     container_own = {"POSTGRES_USER", "POSTGRES_DB", "PGUSER", "PGPASSWORD", "PGDATABASE"}

@@ -5,7 +5,8 @@ Before, the dead run was marked failed by its code server but kept its `duckdb_w
 pool slot, so the next run waited for the slot forever while the sensor, seeing that run
 STARTED, asked for no other: the stream stopped until a person freed the slot. Run
 monitoring now frees a finished run's slots and fails runs whose worker is gone
-(dagster.yaml, resources/run_launcher.py); the bound is in docs/exactly-once.md.
+(dagster.yaml) and dead_run_watchdog fails runs whose worker is gone (sensors/dead_runs.py);
+the bound is in docs/exactly-once.md.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _kill_in_step(daemon_env: dict[str, str], kafka: KafkaResource, topic: str, 
     run_id, pid = _worker_in_step(instance, time.monotonic() + 120)
     if server:
         # The code server that launched the run dies with it (an OOM kill, a crash):
-        # nobody is left to report the worker's death but run monitoring.
+        # nobody is left to report the worker's death but dead_run_watchdog.
         os.kill(_parent(pid), signal.SIGKILL)
     os.kill(pid, signal.SIGKILL)
     return instance, produced, run_id, time.monotonic()
@@ -160,14 +161,15 @@ def test_a_run_killed_in_the_pooled_step_is_failed_and_the_next_run_catches_up(
 
 
 SERVER_DETECTION_BOUND_S = 20.0
-"""Run monitoring's poll (5 s) plus the health check (at most a 10 s question)."""
+"""dead_run_watchdog's interval (2 s here) and the daemon's sensor loop, with room."""
 
 
 @pytest.mark.timeout(300)
 def test_a_run_whose_code_server_died_with_it_is_failed_and_its_slot_freed(
     daemon_env: dict[str, str], kafka: KafkaResource, topic: str
 ) -> None:
-    """Only run monitoring can tell: the server that would report the worker is gone.
+    """Only dead_run_watchdog (its own code location) can tell: the server that would
+    report the worker is gone.
     (The daemon itself starts a new code server within a minute, after which the sensor
     asks for the next run as in the test above.)"""
     instance, _, run_id, killed_at = _kill_in_step(daemon_env, kafka, topic, server=True)
