@@ -48,6 +48,10 @@ from resources.warehouse import DuckDBWarehouseResource, warehouse_from_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+DEV_STREAM_FLAWS = ("--malformed", "0.01", "--duplicates", "0.01", "--late", "0.02")
+"""What `astra dev`'s simulator mixes into its stream (bench/lake_files.py streams the
+same)."""
+
 
 class UsageError(Exception):
     """A command-line mistake: printed as one line."""
@@ -463,12 +467,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
                     "86400",
                     "--rate",
                     str(args.rate),
-                    "--malformed",
-                    "0.01",
-                    "--duplicates",
-                    "0.01",
-                    "--late",
-                    "0.02",
+                    *DEV_STREAM_FLAWS,
                 ],
                 env=env,
                 start_new_session=True,

@@ -49,6 +49,7 @@ from ingest import machine  # noqa: E402
 from lake import free_port, log, percentile  # noqa: E402
 
 from astra_pipeline.assets.ingest import IngestConfig, drain, refresh_live_hour  # noqa: E402
+from astra_pipeline.cli import DEV_STREAM_FLAWS  # noqa: E402
 from resources.broker import EmbeddedBroker  # noqa: E402
 from resources.embedded_postgres import EmbeddedPostgres  # noqa: E402
 from resources.kafka import KafkaResource  # noqa: E402
@@ -201,12 +202,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             str(int(args.minutes * 60)),
             "--rate",
             str(args.rate),
-            "--malformed",
-            "0.01",
-            "--duplicates",
-            "0.01",
-            "--late",
-            "0.02",
+            *DEV_STREAM_FLAWS,
         ]
         result["simulate"] = " ".join(simulate[1:])
         sim_log = open(tmp / "simulate.log", "wb")  # noqa: SIM115

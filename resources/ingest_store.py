@@ -119,8 +119,8 @@ def write_batch(
     topic_id: str | None = None,
 ) -> BatchWritten:
     """Write one batch; call inside ``DuckDBWarehouseResource.transaction()``.
-    ``topic_id`` is the id of the topic the batch was read from (None: not reported)."""
-    check_topic(session, topic, topic_id)
+    ``topic_id`` is the id of the topic the batch was read from (None: not reported),
+    which the run compared with the ledger's before reading (``check_topic``)."""
     recorded = next_offsets(session, topic)
     moved = {
         p: (recorded.get(p, 0), start)

@@ -108,20 +108,25 @@ def set_commit_message(con: duckdb.DuckDBPyConnection, author: str, message: str
 def libpq(catalog: str) -> str:
     """A postgresql:// URL (or a key=value string) as the key=value string DuckDB's
     postgres extension takes."""
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(catalog)
-    except psycopg.ProgrammingError as error:
-        raise WarehouseError(
-            f"the lake catalog {catalog!r} is not a Postgres URL: {error}"
-        ) from None
-    return " ".join(f"{key}={_libpq_value(str(value))}" for key, value in info.items())
+    return _conninfo(_parts(catalog))
 
 
 def with_password(catalog: str, password: str) -> str:
     """``catalog`` (URL or key=value string) with ``password`` added."""
-    info = psycopg.conninfo.conninfo_to_dict(catalog)
-    info["password"] = password
-    return " ".join(f"{key}={_libpq_value(str(value))}" for key, value in info.items())
+    return _conninfo({**_parts(catalog), "password": password})
+
+
+def _parts(catalog: str) -> dict[str, object]:
+    try:
+        return dict(psycopg.conninfo.conninfo_to_dict(catalog))
+    except psycopg.ProgrammingError as error:
+        raise WarehouseError(
+            f"the lake catalog {catalog!r} is not a Postgres URL: {error}"
+        ) from None
+
+
+def _conninfo(parts: dict[str, object]) -> str:
+    return " ".join(f"{key}={_libpq_value(str(value))}" for key, value in parts.items())
 
 
 def _libpq_value(value: str) -> str:
