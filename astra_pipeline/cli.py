@@ -190,6 +190,13 @@ def _anomaly_kinds(text: str) -> tuple[str, ...]:
 def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
     from astra_pipeline.assets.ingest import IngestConfig, drain
 
+    shards = args.shards or settings.ingest_shards
+    if shards > 1 and not settings.lake_catalog:
+        raise UsageError("--shards: more than one shard needs a lake (ASTRA_LAKE_CATALOG)")
+    if args.shard is not None and args.shard >= shards:
+        raise UsageError(f"--shard: {args.shard} is not one of 0..{shards - 1} (--shards {shards})")
+    if args.shard is None and shards > 1:
+        raise UsageError(f"--shard: which of the {shards} shards to ingest (0..{shards - 1})")
     totals = drain(
         _kafka(settings, args.bootstrap),
         _warehouse(settings),
@@ -198,6 +205,8 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
             deadletter_topic=settings.topic_deadletter,
             max_batch_size=settings.max_batch_size,
             time_budget_s=args.time_budget,
+            shards=shards,
+            shard=args.shard or 0,
         ),
         run_id=None,
     )
@@ -635,6 +644,16 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -750,6 +769,15 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="drain Kafka into DuckDB once, in this process")
     ingest.add_argument("--time-budget", type=_positive, default=60.0)
     ingest.add_argument("--bootstrap")
+    ingest.add_argument(
+        "--shards",
+        type=_positive_int,
+        help="split the topic's partitions into this many shards (default: "
+        "ASTRA_INGEST_SHARDS); partition p is in shard p %% shards",
+    )
+    ingest.add_argument(
+        "--shard", type=_non_negative_int, help="the shard to ingest (with --shards > 1)"
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     sql = sub.add_parser("sql", help="run a read-only query against the warehouse")

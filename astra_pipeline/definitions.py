@@ -61,6 +61,7 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
         deadletter_topic=settings.topic_deadletter,
         max_batch_size=settings.max_batch_size,
         time_budget_s=settings.run_time_budget_s,
+        shards=settings.ingest_shards,
     )
     ingest_job = build_ingest_job(ingest_config)
     windows_job = build_windows_job()
@@ -106,6 +107,7 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
                 settings.topic_raw,
                 settings.sensor_interval_s,
                 settings.sensor_running_by_default,
+                shards=settings.ingest_shards,
             ),
             build_windows_sensor(WINDOWS_JOB_NAME, settings.sensor_running_by_default),
             build_scoring_sensor(ANOMALY_JOB_NAME, settings.sensor_running_by_default),

@@ -10,3 +10,7 @@ ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 PRIORITY_TAG = "dagster/priority"
 MAX_RUNTIME_TAG = "dagster/max_runtime"
+
+INGEST_SHARD_TAG = "astra/ingest_shard"
+"""Ours: the ingest shard a run drains. The run queue allows one run per value
+(dagster.yaml, tag_concurrency_limits), so two runs never ingest a shard at once."""

@@ -66,6 +66,17 @@ def _astra(args: list[str], env: dict[str, str], returncode: int = 0) -> str:
     return done.stdout if returncode == 0 else done.stderr
 
 
+def _ingest_process(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """`astra ingest ARGS` started in the background (stdout: its JSON totals)."""
+    return subprocess.Popen(
+        [str(BIN / "astra"), "ingest", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _ledger_is_contiguous(warehouse: DuckDBWarehouseResource, topic: str) -> pl.DataFrame:
     ledger = warehouse.query(
         'SELECT "partition", start_offset, end_offset FROM ops.ingest_ledger '
@@ -88,16 +99,7 @@ def test_two_ingest_processes_at_once_store_every_event_exactly_once(
     env = _lake_env(lake_warehouse, broker, topic)
     produce(kafka, topic, 30_000, seed=3)
     lake_warehouse.ensure_schema()  # both processes then find the tables
-    ingests = [
-        subprocess.Popen(
-            [str(BIN / "astra"), "ingest", "--time-budget", "120"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    ingests = [_ingest_process(env, "--time-budget", "120") for _ in range(2)]
     outputs = [process.communicate(timeout=240) for process in ingests]
     for process, (_, err) in zip(ingests, outputs, strict=True):
         assert process.returncode == 0, err[-3000:]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -195,13 +195,21 @@ def search_start(rows: pl.DataFrame) -> dict[int, int]:
     return publish_starts(rows["search_from"].to_list())
 
 
-def unpublished_dead_letters(session: WarehouseSession) -> pl.DataFrame:
+def unpublished_dead_letters(
+    session: WarehouseSession, topic: str | None = None, partitions: Sequence[int] | None = None
+) -> pl.DataFrame:
     """Dead letters committed but not acknowledged by the dead-letter topic yet (a run
-    died in between): topic, partition, offset, key, value, reason, publish_from."""
+    died in between): topic, partition, offset, key, value, reason, publish_from. With
+    ``topic`` and ``partitions``, only those of these partitions of that topic (an
+    ingest shard settles its own: another shard's may be on their way right now)."""
+    where, params = "published_at IS NULL", []
+    if topic is not None and partitions is not None:
+        where += ' AND topic = ? AND list_contains(?, "partition")'
+        params = [topic, list(partitions)]
     return session.frame(
         'SELECT topic, "partition", "offset", "key", "value", reason, publish_from '
-        f'FROM {DEAD_LETTER_EVENTS} WHERE published_at IS NULL ORDER BY topic, "partition", '
-        '"offset"'
+        f'FROM {DEAD_LETTER_EVENTS} WHERE {where} ORDER BY topic, "partition", "offset"',
+        params,
     )
 
 

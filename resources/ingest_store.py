@@ -7,15 +7,17 @@ a range.
 
 In a DuckDB file one process writes at a time, so the check is enough. A DuckLake lets
 two transactions that only append both commit, even when each checked the ledger before
-the other's rows were there: so every batch also takes a turn (updates the one row of
-``ops.ingest_turns``), and of two batches in flight at once only the first to commit
-does; the other's commit fails with ``CommitConflict``, and nothing of it is written.
+the other's rows were there: so every batch also takes a turn on each partition it
+records (updates the one row of ``ops.ingest_turns_p<partition>``), and of two batches in
+flight at once that share a partition only the first to commit does; the other's commit
+fails with ``CommitConflict``, and nothing of it is written. Batches of disjoint
+partitions (two ingest shards) update different turn tables and both commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import polars as pl
@@ -25,10 +27,11 @@ from resources.tables import (
     DEAD_LETTER_EVENTS,
     DUPLICATE_EVENTS,
     INGEST_LEDGER,
-    INGEST_TURNS,
     RAW_EVENTS,
     SENSOR_READINGS,
     USER_ACTIVITY,
+    ingest_turns_table,
+    turn_ddl,
 )
 from resources.warehouse import WarehouseSession
 
@@ -96,6 +99,23 @@ def check_topic(session: WarehouseSession, topic: str, topic_id: str | None) -> 
     )
 
 
+def missing_turns(session: WarehouseSession, partitions: Iterable[int]) -> list[int]:
+    """The partitions among ``partitions`` whose turn table does not exist yet."""
+    found = session.query(
+        "SELECT schema_name || '.' || table_name AS name FROM duckdb_tables() "
+        "WHERE database_name = current_database() AND schema_name = 'ops'"
+    )
+    existing = set(found["name"].to_list())
+    return [p for p in partitions if ingest_turns_table(p) not in existing]
+
+
+def create_turns(session: WarehouseSession, partitions: Iterable[int]) -> None:
+    """Create the turn tables of ``partitions`` (each with its one row) where missing."""
+    for partition in partitions:
+        for statement in turn_ddl(ingest_turns_table(partition)):
+            session.execute(statement)
+
+
 def table_rows(session: WarehouseSession) -> dict[str, int]:
     """Rows in the ingest assets' tables: raw_events, cleaned_events (both clean tables)
     and dead_letter_events."""
@@ -132,7 +152,12 @@ def write_batch(
             f"the ledger of {topic} moved while the batch was read "
             f"(partition: (ledger next, batch start)) {moved}; the batch is discarded"
         )
-    session.execute(f"UPDATE {INGEST_TURNS} SET turns = turns + 1")
+    turns = [p for p in sorted(end_offsets) if _count(rows.raw_events, p) > 0]
+    # A partition's first batch creates its turn table (two first batches of one
+    # partition at once both create it, and conflict like two turns).
+    create_turns(session, missing_turns(session, turns))
+    for partition in turns:
+        session.execute(f"UPDATE {ingest_turns_table(partition)} SET turns = turns + 1")
     session.commit_message(
         run_id or "astra ingest", f"ingest batch {batch_id}: {rows.raw_events.height} of {topic}"
     )

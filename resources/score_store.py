@@ -29,6 +29,7 @@ from resources.tables import (
     USER_CHURN,
 )
 from resources.warehouse import WarehouseSession
+from resources.watermark import Watermark, clean_watermark
 
 READING_KEY_COLUMNS = ("event_id", "device_id", "ts", "topic", "partition", "offset")
 """The columns linking a score or an alert back to its clean reading and Kafka message."""
@@ -44,14 +45,9 @@ def _one(session: WarehouseSession, sql: str, params: Sequence[object] | None = 
     return session.query(sql, params).item()
 
 
-def latest_ingestion(session: WarehouseSession) -> dt.datetime | None:
-    """The latest ingestion time among the clean rows this transaction can see."""
-    value: dt.datetime | None = _one(
-        session,
-        f"SELECT greatest((SELECT max(ingested_at) FROM {SENSOR_READINGS}), "
-        f"(SELECT max(ingested_at) FROM {USER_ACTIVITY})) AS seen_until",
-    )
-    return value
+def latest_ingestion(session: WarehouseSession) -> Watermark:
+    """The watermark of the clean rows this transaction can see (resources.watermark)."""
+    return clean_watermark(session)
 
 
 # --- churn features ------------------------------------------------------------------------
@@ -126,17 +122,22 @@ def newer_hours(
     asset: str,
     start: dt.datetime,
     end: dt.datetime,
-    seen_until: dt.datetime | None,
+    seen: Watermark,
 ) -> list[dt.datetime]:
     """The partitions of ``asset`` in [start, end) already recorded as computed from a
-    later snapshot of the clean rows than ``seen_until`` (by another run)."""
-    if seen_until is None:
+    later snapshot of the clean rows than ``seen`` (by another run)."""
+    mark: object
+    if seen.snapshot is not None:
+        later, mark = "seen_snapshot > ?", seen.snapshot
+    elif seen.until is not None:
+        later, mark = "seen_until > ?", seen.until
+    else:
         return []
     found = session.query(
         f"SELECT partition_start FROM {SCORING_PARTITIONS} WHERE asset = ? "
-        "AND partition_start >= ? AND partition_start < ? AND seen_until > ? "
+        f"AND partition_start >= ? AND partition_start < ? AND {later} "
         "ORDER BY partition_start",
-        [asset, start, end, seen_until],
+        [asset, start, end, mark],
     )
     return list(found["partition_start"])
 
@@ -145,7 +146,7 @@ def record_partitions(
     session: WarehouseSession,
     asset: str,
     stats: pl.DataFrame,
-    seen_until: dt.datetime | None,
+    seen: Watermark | None,
     run_id: str | None,
     now: dt.datetime,
 ) -> None:
@@ -156,16 +157,25 @@ def record_partitions(
     with session.with_frame("_scoring_stats", stats):
         session.execute(
             f"MERGE INTO {SCORING_PARTITIONS} AS p USING (SELECT ?::VARCHAR AS asset, "
-            "partition_start, row_count, ?::TIMESTAMPTZ AS seen_until, ?::VARCHAR AS run_id, "
+            "partition_start, row_count, ?::TIMESTAMPTZ AS seen_until, "
+            "?::BIGINT AS seen_snapshot, ?::VARCHAR AS run_id, "
             "?::TIMESTAMPTZ AS materialized_at FROM _scoring_stats) AS s "
             "ON p.asset = s.asset AND p.partition_start = s.partition_start "
             "WHEN MATCHED THEN UPDATE SET materializations = p.materializations + 1, "
-            "row_count = s.row_count, seen_until = s.seen_until, run_id = s.run_id, "
+            "row_count = s.row_count, seen_until = s.seen_until, "
+            "seen_snapshot = s.seen_snapshot, run_id = s.run_id, "
             "materialized_at = s.materialized_at "
             "WHEN NOT MATCHED THEN INSERT (asset, partition_start, materializations, row_count, "
-            "seen_until, run_id, materialized_at) VALUES (s.asset, s.partition_start, 1, "
-            "s.row_count, s.seen_until, s.run_id, s.materialized_at)",
-            [asset, seen_until, run_id, now],
+            "seen_until, seen_snapshot, run_id, materialized_at) VALUES (s.asset, "
+            "s.partition_start, 1, s.row_count, s.seen_until, s.seen_snapshot, s.run_id, "
+            "s.materialized_at)",
+            [
+                asset,
+                seen.until if seen else None,
+                seen.snapshot if seen else None,
+                run_id,
+                now,
+            ],
         )
 
 

@@ -59,6 +59,11 @@ class AstraSettings(BaseModel):
     # many days; 0 keeps every message. (The clean tables are kept whatever it is.)
     lake_raw_retention_days: float = Field(default=0.0, ge=0)
     max_batch_size: int = Field(default=100_000, ge=1)
+    # Ingest shards: the raw topic's partitions split into this many groups (partition p
+    # in shard p % shards), each ingested by runs of its own, side by side (a lake only:
+    # a DuckDB file has one writing process). More shards than partitions leaves some
+    # shards idle.
+    ingest_shards: int = Field(default=1, ge=1, le=64)
     run_time_budget_s: float = Field(default=60.0, gt=0)
     sensor_interval_s: int = Field(default=5, ge=1)
     sensor_running_by_default: bool = True
@@ -101,13 +106,19 @@ class AstraSettings(BaseModel):
         if environ is None and not {"lake_catalog", "duckdb_path"} & set(values):
             values |= dev_session_lake()
         try:
-            return cls.model_validate(values)
+            settings = cls.model_validate(values)
         except ValidationError as error:
             problems = "; ".join(
                 f"{env_var_name(str(e['loc'][0]))}={values.get(str(e['loc'][0]))!r}: {e['msg']}"
                 for e in error.errors(include_url=False)
             )
             raise SettingsError(f"invalid environment: {problems}") from None
+        if settings.ingest_shards > 1 and not settings.lake_catalog:
+            raise SettingsError(
+                f"invalid environment: ASTRA_INGEST_SHARDS={settings.ingest_shards} needs a "
+                "lake (ASTRA_LAKE_CATALOG): a DuckDB file has one writing process"
+            )
+        return settings
 
 
 DEV_LAKE_POINTER = Path("data", "dev", "lake.json")

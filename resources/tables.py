@@ -32,7 +32,6 @@ ALERTS = "ml.alerts"
 ALERT_PUBLICATIONS = "ops.alert_publications"
 SCORING_PARTITIONS = "ops.scoring_partitions"
 DEADLETTER_REPLAYS = "ops.deadletter_replays"
-INGEST_TURNS = "ops.ingest_turns"
 DEADLETTER_REPLAY_TURNS = "ops.deadletter_replay_turns"
 
 SCHEMAS = ("raw", "clean", "agg", "features", "ml", "ops")
@@ -198,6 +197,7 @@ _DDL = (
     CREATE TABLE IF NOT EXISTS {WINDOW_ROLLUPS} (
         partition_start TIMESTAMPTZ PRIMARY KEY,
         seen_until TIMESTAMPTZ,
+        seen_snapshot BIGINT,
         refreshed_at TIMESTAMPTZ NOT NULL
     )""",
     # One row per hourly partition of windowed_aggregates: how often it was materialized
@@ -210,6 +210,7 @@ _DDL = (
         cleaned_events BIGINT NOT NULL,
         late_events BIGINT NOT NULL,
         seen_until TIMESTAMPTZ,
+        seen_snapshot BIGINT,
         run_id VARCHAR,
         materialized_at TIMESTAMPTZ NOT NULL
     )""",
@@ -340,6 +341,7 @@ _DDL = (
         materializations BIGINT NOT NULL,
         row_count BIGINT NOT NULL,
         seen_until TIMESTAMPTZ,
+        seen_snapshot BIGINT,
         run_id VARCHAR,
         materialized_at TIMESTAMPTZ NOT NULL,
         PRIMARY KEY (asset, partition_start)
@@ -405,20 +407,46 @@ _FILE_MIGRATIONS = (
     f"ALTER TABLE {INGEST_LEDGER} ADD COLUMN IF NOT EXISTS topic_id VARCHAR",
 )
 
+# Columns added after tables were first created, for both backends: the DuckLake
+# snapshot a window or scoring computation read (its watermark on a lake, where
+# concurrent ingest shards commit in another order than they stamp ingested_at).
+_MIGRATIONS = tuple(
+    f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS seen_snapshot BIGINT"
+    for table in (WINDOW_ROLLUPS, WINDOW_PARTITIONS, SCORING_PARTITIONS)
+)
+MIGRATED_COLUMNS = tuple(
+    (m.group(1), m.group(2))
+    for statement in _MIGRATIONS
+    if (m := re.search(r"ALTER TABLE (\S+) ADD COLUMN IF NOT EXISTS (\S+)", statement))
+)
+"""(table, column) of every migration: a lake that has them all needs no DDL."""
+
 # Turns: one-row tables that writers of one kind update in every transaction, so that
 # two such transactions running at once cannot both commit. A DuckLake checks for
 # conflicts at commit and lets two transactions that only append commit both, even when
 # each checked first that the other's rows were not there; two updates of the same row
-# conflict. (A DuckDB file has one writing process, so there they are only counters.)
-TURN_TABLES = (INGEST_TURNS, DEADLETTER_REPLAY_TURNS)
-_TURNS = tuple(
-    statement
-    for table in TURN_TABLES
-    for statement in (
+# conflict, and so does an update with any other change of the same table, while changes
+# of two different tables never do. So ingest has a turn table per Kafka partition
+# (ingest_turns_table): two batches conflict exactly when they share a partition, and
+# shards of disjoint partitions commit side by side. (A DuckDB file has one writing
+# process, so there they are only counters.)
+TURN_TABLES = (DEADLETTER_REPLAY_TURNS,)
+INGEST_TURNS_PREFIX = "ops.ingest_turns_p"
+
+
+def ingest_turns_table(partition: int) -> str:
+    """The turn table of one partition of the raw topic (created by the first batch)."""
+    return f"{INGEST_TURNS_PREFIX}{int(partition)}"
+
+
+def turn_ddl(table: str) -> tuple[str, str]:
+    return (
         f"CREATE TABLE IF NOT EXISTS {table} (turns BIGINT NOT NULL)",
         f"INSERT INTO {table} SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {table})",
     )
-)
+
+
+_TURNS = tuple(statement for table in TURN_TABLES for statement in turn_ddl(table))
 
 _COLUMN_KEY = re.compile(r" PRIMARY KEY(?= *,| *\n)")
 _TABLE_KEY = re.compile(r",\s*PRIMARY KEY \([^)]*\)")
@@ -429,8 +457,9 @@ def ddl(lake: bool) -> tuple[str, ...]:
     UNIQUE constraints: there the keys are kept by the writers (MERGE, NOT EXISTS inside
     the transaction, and a turn where concurrent writers could both pass the check)."""
     if lake:
-        return tuple(_TABLE_KEY.sub("", _COLUMN_KEY.sub(" NOT NULL", s)) for s in _DDL) + _TURNS
-    return _DDL + _FILE_MIGRATIONS + _TURNS
+        keyless = tuple(_TABLE_KEY.sub("", _COLUMN_KEY.sub(" NOT NULL", s)) for s in _DDL)
+        return keyless + _MIGRATIONS + _TURNS
+    return _DDL + _FILE_MIGRATIONS + _MIGRATIONS + _TURNS
 
 
 TABLES = tuple(

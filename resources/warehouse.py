@@ -41,7 +41,7 @@ from resources.lake import (
     with_password,
 )
 from resources.settings import AstraSettings, lake_secret_sources
-from resources.tables import TABLES, ddl
+from resources.tables import MIGRATED_COLUMNS, TABLES, ddl
 
 T = TypeVar("T")
 
@@ -74,6 +74,10 @@ class WarehouseSession:
     def __init__(self, connection: duckdb.DuckDBPyConnection, lake: bool = False) -> None:
         self._con = connection
         self._lake = lake
+
+    @property
+    def is_lake(self) -> bool:
+        return self._lake
 
     def commit_message(self, author: str, message: str) -> None:
         """Name this transaction's commit in the lake's snapshot list (`astra snapshots`);
@@ -413,13 +417,16 @@ class DuckDBWarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg
                 time.sleep(0.2 * (attempt + 1))
 
     def _lake_complete(self) -> bool:
+        columns = [f"{table}.{column}" for table, column in MIGRATED_COLUMNS]
         with self.session() as session:
-            found = session.scalar(
-                "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-                "AND list_contains(?, schema_name || '.' || table_name)",
-                [list(TABLES)],
-            )
-        return int(found) == len(TABLES)
+            tables, migrated = session.query(
+                "SELECT (SELECT count(*) FROM duckdb_tables() WHERE database_name = "
+                "current_database() AND list_contains(?, schema_name || '.' || table_name)), "
+                "(SELECT count(*) FROM duckdb_columns() WHERE database_name = current_database() "
+                "AND list_contains(?, schema_name || '.' || table_name || '.' || column_name))",
+                [list(TABLES), columns],
+            ).row(0)
+        return int(tables) == len(TABLES) and int(migrated) == len(columns)
 
     def retrying(self, write: Callable[[WarehouseSession], T], attempts: int = 5) -> T:
         """Run ``write`` in a transaction, again from the start when the lake refuses the

@@ -27,6 +27,7 @@ from resources.tables import (
     WINDOW_ROLLUPS,
 )
 from resources.warehouse import WarehouseSession
+from resources.watermark import Watermark, after_sql, clean_watermark
 
 WINDOW_TABLES: dict[str, str] = {
     "sensor_1m": AGG_SENSOR_1M,
@@ -58,8 +59,8 @@ ACTIVITY_COLUMNS = ("event_id", "user_id", "session_id", "ts", "action", "revenu
 class CleanRange:
     readings: pl.DataFrame
     activity: pl.DataFrame
-    seen_until: dt.datetime | None
-    """The latest ingestion time among the clean rows this transaction can see."""
+    seen: Watermark
+    """The watermark of the clean rows this transaction can see."""
 
 
 def load_clean(
@@ -82,15 +83,7 @@ def load_clean(
         "ORDER BY ts, event_id",
         [activity_from, activity_until],
     )
-    return CleanRange(readings=readings, activity=activity, seen_until=_seen_until(session))
-
-
-def _seen_until(session: WarehouseSession) -> dt.datetime | None:
-    value: dt.datetime | None = session.scalar(
-        f"SELECT greatest((SELECT max(ingested_at) FROM {SENSOR_READINGS}), "
-        f"(SELECT max(ingested_at) FROM {USER_ACTIVITY}))"
-    )
-    return value
+    return CleanRange(readings=readings, activity=activity, seen=clean_watermark(session))
 
 
 @dataclass(frozen=True)
@@ -99,14 +92,21 @@ class PartitionRecord:
     cleaned_events: int
     late_events: int
     seen_until: dt.datetime | None
-    """Every clean row ingested up to this time is in the partition's window rows."""
+    seen_snapshot: int | None
+    """Every clean row up to this watermark is in the partition's window rows."""
+
+    @property
+    def seen(self) -> Watermark | None:
+        if self.seen_until is None and self.seen_snapshot is None:
+            return None
+        return Watermark(self.seen_until, self.seen_snapshot)
 
 
 def partition_record(session: WarehouseSession, hour: dt.datetime) -> PartitionRecord | None:
     """The bookkeeping of the partition starting at ``hour``; None before its first
     materialization."""
     rows = session.query(
-        f"SELECT materializations, cleaned_events, late_events, seen_until "
+        f"SELECT materializations, cleaned_events, late_events, seen_until, seen_snapshot "
         f"FROM {WINDOW_PARTITIONS} WHERE partition_start = ?",
         [hour],
     )
@@ -115,27 +115,25 @@ def partition_record(session: WarehouseSession, hour: dt.datetime) -> PartitionR
 
 def clean_rows_since(
     session: WarehouseSession,
-    since: dt.datetime,
+    since: Watermark,
     readings_from: dt.datetime,
     readings_until: dt.datetime,
     activity_from: dt.datetime,
     activity_until: dt.datetime,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """ts and ingested_at of the clean readings, and ts, ingested_at and user_id of the
-    user activity, ingested after ``since``, with event time in the given ranges.
-
-    Relies on ingested_at being stamped inside the ingest transaction (which holds the
-    file: DuckDB allows one writing process), so a row committed after a refresh has an
-    ingested_at after that refresh's seen_until."""
+    user activity, ingested after the watermark ``since``, with event time in the given
+    ranges (resources.watermark: by ingestion time in a DuckDB file, whose one writing
+    process stamps rows inside its transaction, by snapshot in a lake)."""
+    after, params = after_sql(session, since)
     readings = session.frame(
-        f"SELECT ts, ingested_at FROM {SENSOR_READINGS} "
-        "WHERE ts >= ? AND ts < ? AND ingested_at > ?",
-        [readings_from, readings_until, since],
+        f"SELECT ts, ingested_at FROM {SENSOR_READINGS} WHERE ts >= ? AND ts < ? AND {after}",
+        [readings_from, readings_until, *params],
     )
     activity = session.frame(
         f"SELECT ts, ingested_at, user_id FROM {USER_ACTIVITY} "
-        "WHERE ts >= ? AND ts < ? AND ingested_at > ?",
-        [activity_from, activity_until, since],
+        f"WHERE ts >= ? AND ts < ? AND {after}",
+        [activity_from, activity_until, *params],
     )
     return readings, activity
 
@@ -170,7 +168,7 @@ def load_clean_in(
             "user_id IN (SELECT user_id FROM _session_users)) ORDER BY ts, event_id",
             [*(t for r in activity_ranges for t in r), *session_range],
         )
-    return CleanRange(readings=readings, activity=activity, seen_until=_seen_until(session))
+    return CleanRange(readings=readings, activity=activity, seen=clean_watermark(session))
 
 
 _WINDOW_INPUT = {
@@ -181,32 +179,39 @@ _WINDOW_INPUT = {
 
 def rollups_record(
     session: WarehouseSession, hour: dt.datetime
-) -> tuple[dt.datetime, dt.datetime | None] | None:
-    """When the partition's hourly roll-ups were last computed, and the seen_until they
+) -> tuple[dt.datetime, Watermark] | None:
+    """When the partition's hourly roll-ups were last computed, and the watermark they
     were computed at; None if never."""
     rows = session.query(
-        f"SELECT refreshed_at, seen_until FROM {WINDOW_ROLLUPS} WHERE partition_start = ?",
+        f"SELECT refreshed_at, seen_until, seen_snapshot FROM {WINDOW_ROLLUPS} "
+        "WHERE partition_start = ?",
         [hour],
     )
-    return rows.row(0) if rows.height else None
+    if not rows.height:
+        return None
+    refreshed_at, until, snapshot = rows.row(0)
+    return refreshed_at, Watermark(until, snapshot)
 
 
 def record_rollups(
     session: WarehouseSession,
     hours: Sequence[dt.datetime],
-    seen_until: dt.datetime | None,
+    seen: Watermark,
     now: dt.datetime,
 ) -> None:
     """Note that the hourly roll-ups of ``hours`` were computed now."""
     for hour in hours:
         session.execute(
             f"MERGE INTO {WINDOW_ROLLUPS} AS r USING (SELECT ?::TIMESTAMPTZ AS partition_start, "
-            "?::TIMESTAMPTZ AS seen_until, ?::TIMESTAMPTZ AS refreshed_at) AS s "
+            "?::TIMESTAMPTZ AS seen_until, ?::BIGINT AS seen_snapshot, "
+            "?::TIMESTAMPTZ AS refreshed_at) AS s "
             "ON r.partition_start = s.partition_start "
-            "WHEN MATCHED THEN UPDATE SET seen_until = s.seen_until, refreshed_at = s.refreshed_at "
-            "WHEN NOT MATCHED THEN INSERT (partition_start, seen_until, refreshed_at) "
-            "VALUES (s.partition_start, s.seen_until, s.refreshed_at)",
-            [hour, seen_until, now],
+            "WHEN MATCHED THEN UPDATE SET seen_until = s.seen_until, "
+            "seen_snapshot = s.seen_snapshot, refreshed_at = s.refreshed_at "
+            "WHEN NOT MATCHED THEN INSERT (partition_start, seen_until, seen_snapshot, "
+            "refreshed_at) VALUES (s.partition_start, s.seen_until, s.seen_snapshot, "
+            "s.refreshed_at)",
+            [hour, seen.until, seen.snapshot, now],
         )
 
 
@@ -266,7 +271,7 @@ def record_partitions(
     session: WarehouseSession,
     stats: pl.DataFrame,
     run_id: str | None,
-    seen_until: dt.datetime | None,
+    seen: Watermark,
     now: dt.datetime,
 ) -> pl.DataFrame:
     """Count one more materialization for each partition in ``stats`` (columns
@@ -276,16 +281,18 @@ def record_partitions(
     with session.with_frame("_partition_stats", stats):
         session.execute(
             f"MERGE INTO {WINDOW_PARTITIONS} AS w USING (SELECT partition_start, cleaned_events, "
-            "late_events, ?::TIMESTAMPTZ AS seen_until, ?::VARCHAR AS run_id, "
-            "?::TIMESTAMPTZ AS materialized_at FROM _partition_stats) AS s "
-            "ON w.partition_start = s.partition_start "
+            "late_events, ?::TIMESTAMPTZ AS seen_until, ?::BIGINT AS seen_snapshot, "
+            "?::VARCHAR AS run_id, ?::TIMESTAMPTZ AS materialized_at FROM _partition_stats) "
+            "AS s ON w.partition_start = s.partition_start "
             "WHEN MATCHED THEN UPDATE SET materializations = w.materializations + 1, "
             "cleaned_events = s.cleaned_events, late_events = s.late_events, "
-            "seen_until = s.seen_until, run_id = s.run_id, materialized_at = s.materialized_at "
+            "seen_until = s.seen_until, seen_snapshot = s.seen_snapshot, run_id = s.run_id, "
+            "materialized_at = s.materialized_at "
             "WHEN NOT MATCHED THEN INSERT (partition_start, materializations, cleaned_events, "
-            "late_events, seen_until, run_id, materialized_at) VALUES (s.partition_start, 1, "
-            "s.cleaned_events, s.late_events, s.seen_until, s.run_id, s.materialized_at)",
-            [seen_until, run_id, now],
+            "late_events, seen_until, seen_snapshot, run_id, materialized_at) VALUES "
+            "(s.partition_start, 1, s.cleaned_events, s.late_events, s.seen_until, "
+            "s.seen_snapshot, s.run_id, s.materialized_at)",
+            [seen.until, seen.snapshot, run_id, now],
         )
         return session.frame(
             f"SELECT w.* FROM {WINDOW_PARTITIONS} AS w JOIN _partition_stats AS s "

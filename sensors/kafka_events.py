@@ -2,9 +2,13 @@
 
 It only looks: the partitions' high watermarks against the consumer group's committed
 offsets (which an ingest run commits right after its ledger transaction). It never opens
-the DuckDB file, so it can never wait on, or fail because of, the writer lock. A run has
-no partition; it refreshes the live hour's windows after its drain (see
+the warehouse, so it can never wait on, or fail because of, a writer. A run has no
+partition; it refreshes the live hour's windows after its drain (see
 jobs.build_ingest_job).
+
+With ingest shards (ASTRA_INGEST_SHARDS > 1) it requests one run per shard whose
+partitions have lag and that has no run queued or in progress, tagged with the shard
+(INGEST_SHARD_TAG): the run queue lets one run per shard tag go at a time.
 """
 
 import hashlib
@@ -15,6 +19,8 @@ from pydantic import BaseModel
 
 from astra_pipeline.assets.ingest import RAW_EVENTS
 from astra_pipeline.jobs import INGEST_JOB_NAME
+from astra_pipeline.run_tags import INGEST_SHARD_TAG
+from astra_pipeline.transforms.shards import shard_of
 from resources.kafka import KafkaResource
 
 # Record the lag for the UI at most this often while it does not change.
@@ -42,14 +48,36 @@ def run_key_for(watermarks: dict[int, int], committed: dict[int, int | None]) ->
     return "ingest-" + hashlib.sha256(state.encode()).hexdigest()[:16]
 
 
-def _last_run_stopped_early(context: dg.SensorEvaluationContext) -> bool:
-    """The last ingest stopped on its time budget before EOF: its tail may be unseen
-    by the watermarks (the embedded broker reports a batch's base offset as the end)."""
-    event = context.instance.get_latest_materialization_event(RAW_EVENTS)
-    if event is None or event.asset_materialization is None:
-        return False
-    value = event.asset_materialization.metadata.get("reached_eof")
-    return value is not None and value.value is False
+def _shards_stopped_early(context: dg.SensorEvaluationContext, shards: int) -> set[int]:
+    """The shards whose last ingest stopped on its time budget before EOF: their tail may
+    be unseen by the watermarks (the embedded broker reports a batch's base offset as the
+    end)."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=RAW_EVENTS), limit=4 * shards, ascending=False
+    ).records
+    latest: dict[int, bool] = {}
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is None:
+            continue
+        metadata = materialization.metadata
+        shard = metadata.get("shard")
+        recorded_shards = metadata.get("shards")
+        of = int(recorded_shards.value) if recorded_shards is not None else 1  # type: ignore[arg-type]
+        if of != shards:
+            continue
+        key = int(shard.value) if shard is not None else 0  # type: ignore[arg-type]
+        eof = metadata.get("reached_eof")
+        latest.setdefault(key, eof is not None and eof.value is False)
+    return {shard for shard, early in latest.items() if early}
+
+
+def shard_lags(lag: dict[int, int], shards: int) -> dict[int, int]:
+    """Messages not yet ingested per shard."""
+    totals = dict.fromkeys(range(shards), 0)
+    for partition, messages in lag.items():
+        totals[shard_of(partition, shards)] += messages
+    return totals
 
 
 def build_kafka_events_sensor(
@@ -57,6 +85,7 @@ def build_kafka_events_sensor(
     interval_s: int,
     running_by_default: bool,
     job_name: str = INGEST_JOB_NAME,
+    shards: int = 1,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name="kafka_events_sensor",
@@ -65,7 +94,8 @@ def build_kafka_events_sensor(
         default_status=(
             dg.DefaultSensorStatus.RUNNING if running_by_default else dg.DefaultSensorStatus.STOPPED
         ),
-        description=f"Launches {INGEST_JOB_NAME} when {topic} has messages not yet ingested.",
+        description=f"Launches {INGEST_JOB_NAME} when {topic} has messages not yet ingested"
+        + (f", one run per shard ({shards} shards)." if shards > 1 else "."),
     )
     def kafka_events_sensor(
         context: dg.SensorEvaluationContext, kafka: KafkaResource
@@ -75,7 +105,8 @@ def build_kafka_events_sensor(
         )
         watermarks = kafka.high_watermarks(topic)
         committed = kafka.committed_offsets(topic)
-        lag = sum(compute_lag(watermarks, committed).values())
+        per_partition = compute_lag(watermarks, committed)
+        lag = sum(per_partition.values())
         now = time.time()
         observations = []
         if lag != cursor.last_lag or now - cursor.last_observed_at >= OBSERVE_EVERY_S:
@@ -83,22 +114,58 @@ def build_kafka_events_sensor(
                 dg.AssetObservation(asset_key=RAW_EVENTS, metadata={"kafka_lag": lag})
             )
             cursor = SensorCursor(last_lag=lag, last_observed_at=now)
-        active = context.instance.get_runs(
-            filters=dg.RunsFilter(job_name=INGEST_JOB_NAME, statuses=_ACTIVE), limit=1
-        )
         run_requests = []
-        if not active and (lag > 0 or _last_run_stopped_early(context)):
-            run_requests.append(
-                dg.RunRequest(
-                    run_key=run_key_for(watermarks, committed),
-                    tags={"astra/kafka_lag": str(lag)},
-                )
+        if shards == 1:
+            active = context.instance.get_runs(
+                filters=dg.RunsFilter(job_name=INGEST_JOB_NAME, statuses=_ACTIVE), limit=1
             )
+            busy = {0} if active else set()
+        else:
+            busy = {
+                shard
+                for shard in range(shards)
+                if context.instance.get_runs(
+                    filters=dg.RunsFilter(
+                        job_name=INGEST_JOB_NAME,
+                        statuses=_ACTIVE,
+                        tags={INGEST_SHARD_TAG: str(shard)},
+                    ),
+                    limit=1,
+                )
+            }
+        early: set[int] | None = None
+        for shard, shard_lag in shard_lags(per_partition, shards).items():
+            if shard in busy:
+                continue
+            if shard_lag == 0:
+                if early is None:
+                    early = _shards_stopped_early(context, shards)
+                if shard not in early:
+                    continue
+            run_requests.append(_request(shard, shards, shard_lag, watermarks, committed))
         if not run_requests and not observations:
-            reason = "an ingest run is in progress" if active else "no lag"
+            reason = "ingest runs are in progress" if busy else "no lag"
             return dg.SkipReason(f"{reason} (lag {lag} messages)")
         return dg.SensorResult(
             run_requests=run_requests, asset_events=observations, cursor=cursor.model_dump_json()
         )
 
     return kafka_events_sensor
+
+
+def _request(
+    shard: int,
+    shards: int,
+    lag: int,
+    watermarks: dict[int, int],
+    committed: dict[int, int | None],
+) -> dg.RunRequest:
+    mine = {p: o for p, o in watermarks.items() if shard_of(p, shards) == shard}
+    tags = {"astra/kafka_lag": str(lag), INGEST_SHARD_TAG: str(shard)}
+    if shards == 1:
+        return dg.RunRequest(run_key=run_key_for(mine, committed), tags=tags)
+    return dg.RunRequest(
+        run_key=f"{run_key_for(mine, committed)}-shard{shard}",
+        tags=tags,
+        run_config={"ops": {"ingest_events": {"config": {"shard": shard, "shards": shards}}}},
+    )

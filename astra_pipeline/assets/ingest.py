@@ -7,6 +7,7 @@ are one multi-asset: read a range from Kafka, transform (pure), write, commit of
 import contextlib
 import datetime as dt
 import json
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from astra_pipeline.assets.window_refresh import (
     refresh_hours,
 )
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
+from astra_pipeline.transforms.shards import shard_partitions
 from astra_pipeline.transforms.windows import touched_hours
 from resources.deadletter_store import (
     mark_dead_letters_published,
@@ -55,6 +57,7 @@ RAW_EVENTS = dg.AssetKey("raw_events")
 CLEANED_EVENTS = dg.AssetKey("cleaned_events")
 DEAD_LETTER_EVENTS = dg.AssetKey("dead_letter_events")
 WRITER_POOL = "duckdb_writer"
+COMMIT_ATTEMPTS = 6
 
 TOPIC_CHECK = "raw_events_topic_not_recreated"
 """The blocking check that a topic is the one the ledger was read from
@@ -74,6 +77,14 @@ class IngestConfig(dg.Config):
     time_budget_s: float = Field(
         default=60.0, description="Stop reading new batches after this many seconds."
     )
+    shards: int = Field(
+        default=1, ge=1, description="Ingest shards the topic's partitions are split into."
+    )
+    shard: int = Field(
+        default=0,
+        ge=0,
+        description="The shard this run ingests: partitions p with p % shards == shard.",
+    )
 
 
 @dataclass
@@ -87,6 +98,8 @@ class IngestTotals:
     fast_path_rows: int = 0
     ledger_conflicts: int = 0
     """Batches discarded because another writer had committed their offsets first."""
+    commit_retries: int = 0
+    """Batch commits a lake refused for a concurrent change, written again."""
     reached_eof: bool = False
     end_offsets: dict[int, int] = field(default_factory=dict)
     touched_hours: set[dt.datetime] = field(default_factory=set)
@@ -108,7 +121,11 @@ def drain(
     warehouse.ensure_schema()
     totals = IngestTotals() if totals is None else totals
     deadline = time.monotonic() + config.time_budget_s
-    partitions = kafka.partitions(config.topic)
+    partitions = shard_partitions(kafka.partitions(config.topic), config.shards, config.shard)
+    if not partitions:
+        # More shards than partitions: this shard has none (nothing to do, not an error).
+        totals.reached_eof = True
+        return totals
     # The topic's id now: a topic created again since the ledger's batches (new id,
     # offsets from 0) stops the run here, loudly (TopicRecreated), never silently.
     topic_id = kafka.topic_id(config.topic)
@@ -140,7 +157,9 @@ def drain(
         deadletters = stack.enter_context(
             kafka.dead_letter_publisher(config.topic, config.deadletter_topic, DEAD_LETTER_TABLE)
         )
-        settled = _settle_dead_letters(kafka, warehouse, deadletters)
+        settled = _settle_dead_letters(
+            kafka, warehouse, deadletters, config.topic, partitions if config.shards > 1 else None
+        )
         if settled and log:
             log.warning(f"dead letters an earlier run left unpublished: {settled}")
         prefetch = stack.enter_context(ThreadPoolExecutor(1))
@@ -214,30 +233,41 @@ def _ingest_one(
     batch_id = uuid.uuid4().hex
     now = dt.datetime.now(dt.UTC)
     frames = build_ingest_frames(batch.frame, config.topic, batch_id, now)
-    with writer.transaction() as tx:
-        # Stamped again now that the transaction holds the file (DuckDB allows one writing
-        # process): rows committed after a window refresh then have an ingested_at after
-        # its seen_until, which the incremental refresh of a live hour relies on.
-        frames = frames.stamped(dt.datetime.now(dt.UTC))
-        written = write_batch(
-            tx,
-            topic=config.topic,
-            batch_id=batch_id,
-            run_id=run_id,
-            start_offsets=batch.start_offsets,
-            end_offsets=batch.end_offsets,
-            rows=BatchRows(
-                raw_events=frames.raw_events,
-                sensor_readings=frames.sensor_readings,
-                user_activity=frames.user_activity,
-                dead_letters=frames.dead_letters.with_columns(
-                    pl.lit(publish_from).alias("publish_from")
-                ),
-                duplicates=frames.duplicates,
-            ),
-            committed_at=dt.datetime.now(dt.UTC),
-            topic_id=topic_id,
-        )
+    publish = pl.lit(publish_from).alias("publish_from")
+    # On a lake a commit can be refused for a concurrent change of the same tables that
+    # is not another ingest of these partitions (a dead-letter mark, the raw retention's
+    # delete): the batch is then written again in a new transaction, which re-checks the
+    # ledger (a LedgerConflict, not a retry, when another writer took the range).
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            with writer.transaction() as tx:
+                # Stamped again now that the transaction is open: in a DuckDB file (one
+                # writing process) rows committed after a window refresh then have an
+                # ingested_at after its seen_until. (A lake's refresh goes by snapshot.)
+                stamped = frames.stamped(dt.datetime.now(dt.UTC))
+                written = write_batch(
+                    tx,
+                    topic=config.topic,
+                    batch_id=batch_id,
+                    run_id=run_id,
+                    start_offsets=batch.start_offsets,
+                    end_offsets=batch.end_offsets,
+                    rows=BatchRows(
+                        raw_events=stamped.raw_events,
+                        sensor_readings=stamped.sensor_readings,
+                        user_activity=stamped.user_activity,
+                        dead_letters=stamped.dead_letters.with_columns(publish),
+                        duplicates=stamped.duplicates,
+                    ),
+                    committed_at=dt.datetime.now(dt.UTC),
+                    topic_id=topic_id,
+                )
+            break
+        except CommitConflict:
+            if attempt == COMMIT_ATTEMPTS - 1:
+                raise
+            totals.commit_retries += 1
+            time.sleep(0.02 * 2**attempt * (0.5 + random.random()))
     # Dead letters go to their topic once committed, and are marked when acknowledged:
     # a crash in between is settled by the next run (_settle_dead_letters), so each
     # reaches the topic once. One too large for the topic goes as a pointer to its row.
@@ -260,15 +290,15 @@ def _ingest_one(
 def _mark_published(writer: BatchWriter, dead_letters: pl.DataFrame) -> None:
     """Mark the batch's dead letters published; again when a lake refuses the commit for
     a concurrent writer's rows (marking is idempotent)."""
-    for attempt in range(5):
+    for attempt in range(COMMIT_ATTEMPTS):
         try:
             with writer.transaction() as tx:
                 mark_dead_letters_published(tx, dead_letters, dt.datetime.now(dt.UTC))
             return
         except CommitConflict:
-            if attempt == 4:
+            if attempt == COMMIT_ATTEMPTS - 1:
                 raise
-            time.sleep(0.05 * 2**attempt)
+            time.sleep(0.02 * 2**attempt * (0.5 + random.random()))
 
 
 def _letters(rows: pl.DataFrame) -> Iterator[DeadLetter]:
@@ -284,13 +314,17 @@ def _letters(rows: pl.DataFrame) -> Iterator[DeadLetter]:
 
 
 def _settle_dead_letters(
-    kafka: KafkaResource, warehouse: DuckDBWarehouseResource, deadletters: DeadLetterPublisher
+    kafka: KafkaResource,
+    warehouse: DuckDBWarehouseResource,
+    deadletters: DeadLetterPublisher,
+    topic: str,
+    partitions: list[int] | None,
 ) -> int:
     """Publish the dead letters an earlier run committed but did not see acknowledged:
     those found on the topic (by their `source` header, from where the topic ended when
     that run started) are only marked, the others sent. Returns how many there were."""
     with warehouse.session() as session:
-        pending = unpublished_dead_letters(session)
+        pending = unpublished_dead_letters(session, topic, partitions)
     if pending.height == 0:
         return 0
     sources = pending.select(
@@ -351,7 +385,12 @@ def build_ingest_events(defaults: IngestConfig) -> dg.AssetsDefinition:
             ),
         ],
         name="ingest_events",
-        pool=WRITER_POOL,
+        # One shard: in the writer pool with every other writer, and the run refreshes
+        # the live hour's windows itself. Several (a lake only): the shards run side by
+        # side, one run per shard at a time (the run queue's limit on SHARD_TAG), and
+        # the windows are refreshed by windowed_aggregates runs, which keep the pool's
+        # serialization (their deletes would conflict with each other on a lake).
+        pool=WRITER_POOL if defaults.shards == 1 else None,
         can_subset=False,
         config_schema=schema,
     )
@@ -380,11 +419,12 @@ def build_ingest_events(defaults: IngestConfig) -> dg.AssetsDefinition:
             # them), then fail.
             if totals.batches:
                 seconds = round(time.monotonic() - started, 3)
-                yield from _results(totals, seconds, _table_rows(warehouse, context.log))
+                yield from _results(totals, seconds, _table_rows(warehouse, context.log), config)
             raise
         seconds = round(time.monotonic() - started, 3)
-        yield from _results(totals, seconds, _table_rows(warehouse, context.log))
-        yield from refresh_live_hour(warehouse, totals, context.run.run_id)
+        yield from _results(totals, seconds, _table_rows(warehouse, context.log), config)
+        if config.shards == 1:
+            yield from refresh_live_hour(warehouse, totals, context.run.run_id)
 
     return ingest_events
 
@@ -437,7 +477,7 @@ def _table_rows(
 
 
 def _results(
-    totals: IngestTotals, seconds: float, tables: dict[str, int] | None
+    totals: IngestTotals, seconds: float, tables: dict[str, int] | None, config: IngestConfig
 ) -> Iterator[dg.MaterializeResult]:  # type: ignore[type-arg]
     """The run's figures per asset. ``dagster/row_count`` is the table's (what the UI
     calls "Row count"); what this run added is under its own keys."""
@@ -456,6 +496,9 @@ def _results(
             "events_per_second": rate,
             "reached_eof": totals.reached_eof,
             "ledger_conflicts": totals.ledger_conflicts,
+            "commit_retries": totals.commit_retries,
+            "shard": config.shard,
+            "shards": config.shards,
             "end_offsets": dg.MetadataValue.json(
                 {str(k): v for k, v in totals.end_offsets.items()}
             ),

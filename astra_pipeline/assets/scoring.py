@@ -57,6 +57,7 @@ from resources.score_store import (
 )
 from resources.tables import ANOMALY_SCORES, CHURN_SCORES
 from resources.warehouse import DuckDBWarehouseResource, WarehouseSession
+from resources.watermark import Watermark
 
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 # churn_scores' partition mapping needs it for its first 41 days (no upstream that early).
@@ -310,7 +311,7 @@ def anomaly_scores(
             scores: pl.DataFrame = scores,
             chunk_start: dt.datetime = chunk_start,
             chunk_end: dt.datetime = chunk_end,
-            seen_until: dt.datetime | None = seen_until,
+            seen_until: Watermark = seen_until,
         ) -> tuple[list[dt.datetime], pl.DataFrame]:
             tx.commit_message(context.run.run_id, f"anomaly_scores {chunk_start:%Y-%m-%d %H:%M}")
             # A run that read later clean rows may have written some of these hours while

@@ -21,6 +21,7 @@ from resources.tables import (
     WINDOW_PARTITIONS,
 )
 from resources.warehouse import DuckDBWarehouseResource
+from resources.watermark import row_columns, seen_sql
 
 EXAMPLES = 20
 
@@ -30,7 +31,8 @@ HourRange = tuple[dt.datetime, dt.datetime] | None
 # The hours checked (every hour for None), as a CTE every check starts from; its
 # parameters are _params'.
 _RUN_HOURS = (
-    f"run_hours AS (SELECT partition_start AS h, seen_until FROM {WINDOW_PARTITIONS} "
+    f"run_hours AS (SELECT partition_start AS h, seen_until, seen_snapshot "
+    f"FROM {WINDOW_PARTITIONS} "
     "WHERE CAST(? AS TIMESTAMPTZ) IS NULL OR partition_start BETWEEN ? AND ?)"
 )
 
@@ -60,14 +62,15 @@ def _no_rows(
 def complete(warehouse: DuckDBWarehouseResource, hours: HourRange) -> dg.AssetCheckResult:
     """Per partition, the 1-minute counts add up to the clean events of that hour."""
     # Clean rows ingested after the run read its snapshot are not expected in its windows.
+    lake = warehouse.is_lake
     wrong = warehouse.query(
         f"""
         WITH {_RUN_HOURS},
         clean AS (
             SELECT r.h, count(c.ts) AS n FROM run_hours AS r LEFT JOIN (
-                SELECT ts, ingested_at FROM {SENSOR_READINGS}
-                UNION ALL SELECT ts, ingested_at FROM {USER_ACTIVITY}) AS c
-              ON c.ts >= r.h AND c.ts < r.h + INTERVAL 1 HOUR AND c.ingested_at <= r.seen_until
+                SELECT ts, {row_columns(lake)} FROM {SENSOR_READINGS}
+                UNION ALL SELECT ts, {row_columns(lake)} FROM {USER_ACTIVITY}) AS c
+              ON c.ts >= r.h AND c.ts < r.h + INTERVAL 1 HOUR AND {seen_sql(lake, "c", "r")}
             GROUP BY r.h),
         windows AS (
             SELECT r.h, coalesce(sum(w.n), 0) AS n FROM run_hours AS r LEFT JOIN (

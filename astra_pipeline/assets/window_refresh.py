@@ -24,6 +24,7 @@ from astra_pipeline.transforms.partition_windows import (
 from astra_pipeline.transforms.windows import HOUR
 from resources.errors import CommitConflict
 from resources.warehouse import DuckDBWarehouseResource, WarehouseSession
+from resources.watermark import Watermark
 from resources.window_store import (
     PartitionRecord,
     clean_rows_since,
@@ -115,21 +116,20 @@ def refresh_hours(
                         if since_last_refresh and len(hours) == 1
                         else None
                     )
-                    if previous is not None and previous.seen_until is not None:
+                    since = previous.seen if previous is not None else None
+                    if previous is not None and since is not None:
                         last_rollup = rollups_record(tx, chunk_start)
                         refreshed = _refresh_since(
-                            tx, chunk_start, previous, previous.seen_until, last_rollup, now
+                            tx, chunk_start, previous, since, last_rollup, now
                         )
                         if refreshed is None:
-                            current = (
-                                last_rollup is not None and last_rollup[1] == previous.seen_until
-                            )
+                            current = last_rollup is not None and last_rollup[1] == since
                             return WindowRefresh(_unchanged(previous, current, started), hours)
                         mode = "since_last_refresh"
                     else:
                         refreshed = _refresh_in_full(tx, chunk_start, chunk_end, now)
-                    written, stats, seen_until, rolled_up = refreshed
-                    record = record_partitions(tx, stats, run_id, seen_until, now)
+                    written, stats, seen, rolled_up = refreshed
+                    record = record_partitions(tx, stats, run_id, seen, now)
                 break
             except CommitConflict:
                 if attempt == COMMIT_ATTEMPTS - 1:
@@ -190,9 +190,9 @@ def rollups_due(hour: dt.datetime, last: dt.datetime | None, now: dt.datetime) -
     return last is None or now - last >= ROLLUP_EVERY or hour + HOUR <= now
 
 
-Refreshed = tuple[dict[str, int], pl.DataFrame, dt.datetime | None, bool]
-"""Rows written per table, the partitions' cleaned/late counts, seen_until, and whether
-the hourly roll-ups were computed."""
+Refreshed = tuple[dict[str, int], pl.DataFrame, Watermark, bool]
+"""Rows written per table, the partitions' cleaned/late counts, the watermark of the
+clean rows read, and whether the hourly roll-ups were computed."""
 
 
 def _refresh_in_full(
@@ -202,20 +202,20 @@ def _refresh_in_full(
     clean = load_clean(tx, r_from, r_until, a_from, a_until)
     computed = compute_partition_windows(clean.readings, clean.activity, start, end)
     written = replace_windows(tx, start, end, computed.tables)
-    record_rollups(tx, hours_between(start, end), clean.seen_until, now)
-    return written, computed.stats, clean.seen_until, True
+    record_rollups(tx, hours_between(start, end), clean.seen, now)
+    return written, computed.stats, clean.seen, True
 
 
 def _refresh_since(
     tx: WarehouseSession,
     hour: dt.datetime,
     previous: PartitionRecord,
-    since: dt.datetime,
-    last_rollup: tuple[dt.datetime, dt.datetime | None] | None,
+    since: Watermark,
+    last_rollup: tuple[dt.datetime, Watermark] | None,
     now: dt.datetime,
 ) -> Refreshed | None:
     """Recompute the windows of the partition that rows ingested after ``since`` (its
-    last refresh's seen_until) fall in, the hourly roll-ups at most every ROLLUP_EVERY
+    last refresh's watermark) fall in, the hourly roll-ups at most every ROLLUP_EVERY
     while the hour lasts (``last_rollup``: when they were last computed, and from which
     snapshot); None when there are no such rows."""
     (r_from, r_until), (a_from, a_until) = input_ranges(hour, hour + HOUR)
@@ -233,12 +233,12 @@ def _refresh_since(
         tx, hour, scope.session_users, increment.tables["user_sessions"]
     )
     if rollups:
-        record_rollups(tx, [hour], clean.seen_until, now)
+        record_rollups(tx, [hour], clean.seen, now)
     stats = scope.stats.with_columns(
         pl.col("cleaned_events") + previous.cleaned_events,
         pl.col("late_events") + previous.late_events,
     )
-    return written, stats, clean.seen_until, rollups
+    return written, stats, clean.seen, rollups
 
 
 def _unchanged(

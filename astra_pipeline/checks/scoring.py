@@ -35,6 +35,7 @@ from resources.tables import (
     USER_CHURN,
 )
 from resources.warehouse import DuckDBWarehouseResource
+from resources.watermark import seen_sql
 
 EXAMPLES = 20
 TOLERANCE = 1e-9
@@ -51,14 +52,15 @@ threshold is too low for the fleet, or something is broken everywhere at once.""
 # run without partitions), as a CTE every check starts from. Parameters: _params'. Days
 # are UTC days: p is their start (midnight UTC).
 _RUN_PARTS = (
-    f"run_parts AS (SELECT partition_start AS p, seen_until FROM {SCORING_PARTITIONS} "
+    f"run_parts AS (SELECT partition_start AS p, seen_until, seen_snapshot "
+    f"FROM {SCORING_PARTITIONS} "
     "WHERE asset = ? AND (CAST(? AS TIMESTAMPTZ) IS NULL OR partition_start BETWEEN ? AND ?))"
 )
 _KEY_FORMATS = ("%Y-%m-%d-%H:%M", "%Y-%m-%d")
 """Hourly and daily partition keys."""
 _RUN_DAYS = (
     f"{_RUN_PARTS}, days AS (SELECT CAST(p AT TIME ZONE 'UTC' AS DATE) AS d, p AS day_start, "
-    "p + INTERVAL 24 HOUR AS day_end, seen_until FROM run_parts)"
+    "p + INTERVAL 24 HOUR AS day_end, seen_until, seen_snapshot FROM run_parts)"
 )
 
 
@@ -214,7 +216,7 @@ def churn_features_no_future_leakage(
                 count(*) FILTER (WHERE a.ts >= d.day_end - INTERVAL 336 HOUR
                                  AND a.ts < d.day_end - INTERVAL 168 HOUR) AS events_prev7
             FROM days AS d JOIN {USER_ACTIVITY} AS a
-              ON a.ts < d.day_end AND a.ingested_at <= d.seen_until
+              ON a.ts < d.day_end AND {seen_sql(warehouse.is_lake, "a", "d")}
             GROUP BY ALL),
         user_stored AS (
             SELECT f.*, d.day_end FROM {USER_CHURN} AS f JOIN days AS d ON f.as_of_day = d.d),
@@ -222,7 +224,7 @@ def churn_features_no_future_leakage(
             SELECT d.d AS as_of_day, d.day_end, r.device_id, max(r.ts) AS last_ts,
                 count(*) FILTER (WHERE r.ts >= d.day_start) AS readings
             FROM days AS d JOIN {SENSOR_READINGS} AS r
-              ON r.ts < d.day_end AND r.ingested_at <= d.seen_until
+              ON r.ts < d.day_end AND {seen_sql(warehouse.is_lake, "r", "d")}
             GROUP BY ALL),
         device_stored AS (
             SELECT f.* FROM {DEVICE_HEALTH} AS f JOIN days AS d ON f.as_of_day = d.d),
@@ -292,7 +294,8 @@ def anomaly_scores_complete(
         WITH {_RUN_PARTS},
         readings AS (
             SELECT r.event_id FROM run_parts AS p JOIN {SENSOR_READINGS} AS r
-              ON r.ts >= p.p AND r.ts < p.p + INTERVAL 1 HOUR AND r.ingested_at <= p.seen_until),
+              ON r.ts >= p.p AND r.ts < p.p + INTERVAL 1 HOUR
+              AND {seen_sql(warehouse.is_lake, "r", "p")}),
         scores AS (
             SELECT s.event_id, count(*) AS n FROM run_parts AS p JOIN {ANOMALY_SCORES} AS s
               ON s.ts >= p.p AND s.ts < p.p + INTERVAL 1 HOUR GROUP BY s.event_id)
