@@ -32,6 +32,7 @@ from astra_pipeline.assets.scoring import CHURN_SCORES_KEY
 from astra_pipeline.assets.window_refresh import partition_key
 from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES
 from astra_pipeline.events import json_schema_text
+from astra_pipeline.quick_sql import snapshot_arg
 from astra_pipeline.replay import ReplayError, load_repair, replay
 from astra_pipeline.simulator import ANOMALY_KINDS, Simulation, SimulatorConfig
 from astra_pipeline.table_output import FORMATS, render, terminal_width
@@ -244,13 +245,6 @@ def cmd_snapshots(args: argparse.Namespace, settings: AstraSettings) -> int:
     frame = _warehouse(settings).snapshots(args.limit)
     sys.stdout.write(render(frame, args.format, args.limit, terminal_width()))
     return 0
-
-
-def _snapshot(text: str) -> int | str:
-    """A snapshot id (a whole number) or an ISO time (the snapshot current then)."""
-    if text.strip().isdigit():
-        return int(text)
-    return _time(text).isoformat()
 
 
 def _coordinates(text: str) -> tuple[str | None, int, int]:
@@ -793,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--db", help="override ASTRA_DUCKDB_PATH")
     sql.add_argument(
         "--at",
-        type=_snapshot,
+        type=snapshot_arg,
         metavar="SNAPSHOT_OR_TIME",
         help="query the lake as it was: a snapshot id (astra snapshots) or an ISO time",
     )

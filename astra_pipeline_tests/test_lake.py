@@ -242,6 +242,19 @@ def test_sql_at_a_snapshot_and_the_snapshot_list(
     assert now == [{"n": 3500}] and then == [{"n": 0}]
     bad = _astra(["sql", "--at", "yesterday", "SELECT 1"], env, returncode=2)
     assert "--at" in bad and bad.count("\n") <= 2
+    # On a lake `astra sql` starts without Dagster (its import is most of the full CLI's
+    # start-up): the same answer, and no dagster module loaded.
+    probe = (
+        "import sys; from astra_pipeline.entry import main; "
+        f"sys.argv = ['astra', 'sql', '--format', 'json', {count!r}]; code = main(); "
+        "sys.stderr.write(f'dagster loaded: {\"dagster\" in sys.modules}'); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout) == [{"n": 3500}]
+    assert done.stderr.endswith("dagster loaded: False")
 
 
 def _config(topic: str, batch: int = 100_000) -> IngestConfig:

@@ -19,13 +19,19 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import psycopg
 
 from resources.duckdb_extensions import load_extension
 from resources.errors import WarehouseError
+
+if TYPE_CHECKING:
+    from resources.settings import AstraSettings
 
 LAKE = "lake"
 """The name the lake is attached under in every connection."""
@@ -88,6 +94,42 @@ class LakeLocation:
         where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname')}"
         schema = f" schema {self.metadata_schema}" if self.metadata_schema else ""
         return f"DuckLake (catalog postgres {where}{schema}, data {self.data_path})"
+
+
+def build_location(
+    *, catalog: str, password: str, data_path: str, metadata_schema: str, s3: S3Location
+) -> LakeLocation:
+    """A lake's location: a folder data path made absolute (and created), an S3 one
+    ending in a slash, the catalog's password added."""
+    data_path = data_path or str(Path("data", "lake").resolve())
+    if not data_path.startswith("s3://"):
+        Path(data_path).mkdir(parents=True, exist_ok=True)
+        data_path = str(Path(data_path).resolve()) + "/"
+    elif not data_path.endswith("/"):
+        data_path += "/"
+    if password:
+        catalog = with_password(catalog, password)
+    return LakeLocation(
+        catalog=catalog, data_path=data_path, metadata_schema=metadata_schema, s3=s3
+    )
+
+
+def lake_location(settings: AstraSettings, secrets: Mapping[str, str]) -> LakeLocation:
+    """The settings' lake, with its secrets (``settings.lake_secret_sources`` resolved)."""
+    return build_location(
+        catalog=settings.lake_catalog,
+        password=secrets.get("lake_catalog_password", ""),
+        data_path=settings.lake_data_path,
+        metadata_schema=settings.lake_metadata_schema,
+        s3=S3Location(
+            endpoint=settings.lake_s3_endpoint,
+            region=settings.lake_s3_region,
+            url_style=settings.lake_s3_url_style,
+            use_ssl=settings.lake_s3_use_ssl,
+            access_key_id=secrets.get("lake_s3_access_key_id", ""),
+            secret_access_key=secrets.get("lake_s3_secret_access_key", ""),
+        ),
+    )
 
 
 def snapshots(con: duckdb.DuckDBPyConnection, limit: int) -> duckdb.DuckDBPyRelation:

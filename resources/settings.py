@@ -13,9 +13,12 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagster as dg
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:  # imported where used: `astra sql` reads settings without Dagster
+    import dagster as dg
 
 
 class SettingsError(ValueError):
@@ -161,6 +164,8 @@ PG_PASSWORD_ENV = "ASTRA_PG_PASSWORD"
 def pg_password_source(environ: Mapping[str, str] | None = None) -> dg.EnvVar | None:
     """The password as a Dagster EnvVar (resolved when the resource is used), or None when
     the variable is unset or empty (trust, peer or .pgpass authentication)."""
+    import dagster as dg
+
     env = os.environ if environ is None else environ
     return dg.EnvVar(PG_PASSWORD_ENV) if env.get(PG_PASSWORD_ENV) else None
 
@@ -179,11 +184,11 @@ def lake_secret_sources(
     """The lake secrets that are set: as dg.EnvVar (resolved by Dagster when a run uses
     the resource), or with ``resolve`` as their values (for the CLI, outside Dagster)."""
     env = os.environ if environ is None else environ
-    return {
-        field: (env[name] if resolve else dg.EnvVar(name))
-        for field, name in LAKE_SECRET_ENVS.items()
-        if env.get(name)
-    }
+    if resolve:
+        return {field: env[name] for field, name in LAKE_SECRET_ENVS.items() if env.get(name)}
+    import dagster as dg
+
+    return {field: dg.EnvVar(name) for field, name in LAKE_SECRET_ENVS.items() if env.get(name)}
 
 
 def env_var_name(field: str) -> str:

@@ -34,14 +34,14 @@ from resources.errors import CommitConflict, WarehouseError, WarehouseLocked
 from resources.lake import (
     LakeLocation,
     S3Location,
+    build_location,
     is_commit_conflict,
     open_lake,
-    set_commit_message,
     snapshots,
-    with_password,
 )
 from resources.settings import AstraSettings, lake_secret_sources
 from resources.tables import MIGRATED_COLUMNS, TABLES, ddl
+from resources.warehouse_session import WarehouseSession as WarehouseSession
 
 T = TypeVar("T")
 
@@ -66,90 +66,6 @@ def describe_lock_holder(message: str) -> str:
 
 def _is_lock_error(error: duckdb.Error) -> bool:
     return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
-
-
-class WarehouseSession:
-    """One open DuckDB connection; the only way callers outside `resources/` touch SQL."""
-
-    def __init__(self, connection: duckdb.DuckDBPyConnection, lake: bool = False) -> None:
-        self._con = connection
-        self._lake = lake
-
-    @property
-    def is_lake(self) -> bool:
-        return self._lake
-
-    def commit_message(self, author: str, message: str) -> None:
-        """Name this transaction's commit in the lake's snapshot list (`astra snapshots`);
-        nothing for a DuckDB file, which keeps no history."""
-        if self._lake:
-            try:
-                set_commit_message(self._con, author, message)
-            except duckdb.Error as error:
-                raise WarehouseError(f"setting the commit message: {error}") from error
-
-    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
-        try:
-            self._con.execute(sql, params)
-        except duckdb.Error as error:
-            raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
-
-    def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
-        try:
-            rows = self._con.execute(sql, params)
-            if rows is None or rows.description is None:  # no statement, or no result set
-                return pl.DataFrame()
-            names = [d[0] for d in rows.description]
-            return pl.DataFrame(rows.fetchall(), schema=names, orient="row")
-        except duckdb.Error as error:
-            raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
-
-    def frame(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
-        """Like ``query`` but through Arrow, column-wise: for results of many rows."""
-        try:
-            table = self._con.sql(sql, params=params).to_arrow_table()
-        except duckdb.Error as error:
-            raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
-        frame: pl.DataFrame = pl.from_arrow(table)  # type: ignore[assignment]
-        # DuckDB tags TIMESTAMPTZ as Etc/UTC; the rest of the code says UTC.
-        return frame.with_columns(
-            pl.col(name).dt.convert_time_zone("UTC")
-            for name, dtype in frame.schema.items()
-            if isinstance(dtype, pl.Datetime) and dtype.time_zone not in (None, "UTC")
-        )
-
-    def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
-        try:
-            # fetchall, not fetchone: a result left half-read blocks the next statement.
-            rows = self._con.execute(sql, params).fetchall()
-        except duckdb.Error as error:
-            raise WarehouseError(f"{error} -- while running: {sql.strip()[:200]}") from error
-        return rows[0][0] if rows else None
-
-    def append(self, table: str, frame: pl.DataFrame) -> int:
-        """Insert a frame's columns by name; returns the number of rows inserted."""
-        if frame.height == 0:
-            return 0
-        view = f"_frame_{id(frame)}"
-        self._con.register(view, frame.to_arrow())
-        try:
-            self.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view}")
-        finally:
-            self._con.unregister(view)
-        return frame.height
-
-    def with_frame(self, name: str, frame: pl.DataFrame) -> contextlib.AbstractContextManager[None]:
-        """Expose a frame as a temporary view for a statement that joins against it."""
-
-        @contextlib.contextmanager
-        def registered() -> Iterator[None]:
-            self._con.register(name, frame.to_arrow())
-            try:
-                yield
-            finally:
-                self._con.unregister(name)
-
-        return registered()
 
 
 @contextlib.contextmanager
@@ -271,18 +187,10 @@ class DuckDBWarehouseResource(dg.ConfigurableResource):  # type: ignore[type-arg
     def lake_location(self) -> LakeLocation:
         if not self.is_lake:
             raise WarehouseError("this warehouse is a DuckDB file, not a lake (no catalog set)")
-        data_path = self.lake_data_path or str(Path("data", "lake").resolve())
-        if not data_path.startswith("s3://"):
-            Path(data_path).mkdir(parents=True, exist_ok=True)
-            data_path = str(Path(data_path).resolve()) + "/"
-        elif not data_path.endswith("/"):
-            data_path += "/"
-        catalog = self.lake_catalog
-        if self.lake_catalog_password:
-            catalog = with_password(catalog, self.lake_catalog_password)
-        return LakeLocation(
-            catalog=catalog,
-            data_path=data_path,
+        return build_location(
+            catalog=self.lake_catalog,
+            password=self.lake_catalog_password or "",
+            data_path=self.lake_data_path,
             metadata_schema=self.lake_metadata_schema,
             s3=S3Location(
                 endpoint=self.lake_s3_endpoint,
