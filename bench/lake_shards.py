@@ -196,9 +196,7 @@ def import_cost(reps: int = 3) -> list[dict[str, float]]:
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             raise SystemExit("the import-only process failed")
-        runs.append(
-            {"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime}
-        )
+        runs.append({"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime})
     return runs
 
 

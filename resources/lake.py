@@ -194,7 +194,11 @@ def open_lake(location: LakeLocation, read_only: bool) -> duckdb.DuckDBPyConnect
     latest snapshot."""
     key = (os.getpid(), location, read_only)
     with _ATTACHING:
-        base = _ATTACHED.get(key)
+        # A process that has attached the lake to write reads through that attach too
+        # (a run writes, then its checks read): a second, read-only attach would load
+        # the extensions and read the catalog again (about 0.4 s). A process that only
+        # reads attaches read-only, so a lake that does not exist is reported, not made.
+        base = _ATTACHED.get(key) or (_ATTACHED.get(key[:2] + (False,)) if read_only else None)
         if base is None:
             base = _ATTACHED[key] = _attach(location, read_only)
     con = base.cursor()
