@@ -4,7 +4,11 @@ file descriptor itself: captured here at that level)."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -72,3 +76,24 @@ def test_an_unreachable_broker_is_one_line_without_librdkafka_noise(
     address = f"127.0.0.1:{free_port()}"
     message = one_line(["simulate", "--count", "5", "--bootstrap", address], capfd)
     assert address in message and "is the broker running?" in message
+
+
+def test_ctrl_c_while_the_cli_is_still_starting_is_one_line_and_130() -> None:
+    """A Ctrl-C that comes while `astra` imports (seconds on a loaded machine) is the
+    user's too: exit 130 and one line, no KeyboardInterrupt traceback."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from astra_pipeline.entry import main; "
+            "sys.argv = ['astra', 'simulate', '--count', '5']; sys.exit(main())",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.4)  # inside the full CLI's imports (dagster alone takes about a second)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    assert err == "astra simulate: interrupted\n"
