@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -132,9 +133,13 @@ class Shell:
         assert done.returncode == 0, f"{command}: exit {done.returncode}\n{done.stderr[-3000:]}"
         return done
 
-    def interrupted(self, command: str, after_s: float) -> tuple[int, str, str]:
-        """Start ``command``, Ctrl-C it after ``after_s`` (as a terminal would: the
-        whole foreground group), return its exit code and output."""
+    def interrupted(
+        self, command: str, after_s: float, ready: str | None = None
+    ) -> tuple[int, str, str]:
+        """Start ``command``, Ctrl-C it (as a terminal would: the whole foreground group)
+        ``after_s`` after it printed a line containing ``ready`` (or after it started, with
+        no ``ready``), and return its exit code and output. Waiting for its own word, not
+        a fixed time: on a loaded machine the CLI takes seconds to import."""
         process = subprocess.Popen(
             ["bash", "-c", f"exec {command}"],
             cwd=self.folder,
@@ -144,12 +149,28 @@ class Shell:
             text=True,
             start_new_session=True,
         )
+        lines: list[str] = []
+        said = threading.Event()
+
+        def read() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                lines.append(line)
+                if ready is not None and ready in line:
+                    said.set()
+            said.set()  # the output ended: the process is ending
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        if ready is not None:
+            said.wait(timeout=120)
         time.sleep(after_s)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGINT)
-        out, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=60)
+        reader.join(timeout=10)
         assert "Traceback" not in err, f"{command}\n{err[-3000:]}"
-        return process.returncode, out, err
+        return process.returncode, "".join(lines), err
 
     def sql(self, query: str) -> list[dict[str, object]]:
         done = self.run(f".venv/bin/astra sql --format json {json.dumps(query)}")
@@ -240,7 +261,9 @@ def _run_readme(shell: Shell, commands: list[str], checkout: Path) -> None:
 
     # The embedded broker alone: it runs until Ctrl-C, or says in one line that its port
     # is taken (a developer's own broker on 9092).
-    code, out, err = shell.interrupted(command(".venv/bin/astra broker"), after_s=4)
+    code, out, err = shell.interrupted(
+        command(".venv/bin/astra broker"), after_s=1, ready="broker on"
+    )
     assert (code == 0 and "broker on" in out) or (code == 2 and len(err.splitlines()) == 1)
 
     raw_before = _count(shell, "raw.events")
