@@ -77,6 +77,24 @@ def _ingest_process(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
+def _run_ingests(env: dict[str, str], *argument_lists: list[str]) -> list[dict[str, object]]:
+    """`astra ingest` once per argument list, all started at the same moment; each must
+    succeed. Returns their JSON totals."""
+    ingests = [_ingest_process(env, *arguments) for arguments in argument_lists]
+    outputs = [process.communicate(timeout=240) for process in ingests]
+    for process, (_, err) in zip(ingests, outputs, strict=True):
+        assert process.returncode == 0, err[-3000:]
+    return [json.loads(out) for out, _ in outputs]
+
+
+def _raw_counts(warehouse: DuckDBWarehouseResource) -> dict[str, int]:
+    """raw.events' rows and distinct (partition, offset) pairs."""
+    return warehouse.query(
+        'SELECT count(*) AS n, count(DISTINCT ("partition", "offset")) AS distinct_offsets '
+        "FROM raw.events"
+    ).row(0, named=True)
+
+
 def _ledger_is_contiguous(warehouse: DuckDBWarehouseResource, topic: str) -> pl.DataFrame:
     ledger = warehouse.query(
         'SELECT "partition", start_offset, end_offset FROM ops.ingest_ledger '
@@ -99,18 +117,11 @@ def test_two_ingest_processes_at_once_store_every_event_exactly_once(
     env = _lake_env(lake_warehouse, broker, topic)
     produce(kafka, topic, 30_000, seed=3)
     lake_warehouse.ensure_schema()  # both processes then find the tables
-    ingests = [_ingest_process(env, "--time-budget", "120") for _ in range(2)]
-    outputs = [process.communicate(timeout=240) for process in ingests]
-    for process, (_, err) in zip(ingests, outputs, strict=True):
-        assert process.returncode == 0, err[-3000:]
-    totals = [json.loads(out) for out, _ in outputs]
+    totals = _run_ingests(env, ["--time-budget", "120"], ["--time-budget", "120"])
     # Whatever the interleaving, a third pass finds the rest (one that lost a commit race
     # stops there, as a run does) and then the tables hold each message once.
     drain(kafka, lake_warehouse, _config(topic), run_id=None)
-    raw = lake_warehouse.query(
-        'SELECT count(*) AS n, count(DISTINCT ("partition", "offset")) AS distinct_offsets '
-        "FROM raw.events"
-    ).row(0, named=True)
+    raw = _raw_counts(lake_warehouse)
     assert raw == {"n": 30_000, "distinct_offsets": 30_000}, totals
     clean = lake_warehouse.query(
         "SELECT (SELECT count(*) FROM clean.sensor_readings) + "

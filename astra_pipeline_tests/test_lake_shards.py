@@ -12,7 +12,6 @@ that ingest side by side.
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import dagster as dg
 import pytest
@@ -24,7 +23,12 @@ from astra_pipeline.run_tags import INGEST_SHARD_TAG
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
 from astra_pipeline.transforms.shards import shard_partitions
 from astra_pipeline_tests.helpers import produce, sensor_reading
-from astra_pipeline_tests.test_lake import _ingest_process, _lake_env, _ledger_is_contiguous
+from astra_pipeline_tests.test_lake import (
+    _lake_env,
+    _ledger_is_contiguous,
+    _raw_counts,
+    _run_ingests,
+)
 from resources.broker import EmbeddedBroker
 from resources.ingest_store import BatchRows, write_batch
 from resources.kafka import KafkaResource
@@ -76,18 +80,11 @@ def test_two_shards_drain_one_backlog_side_by_side_exactly_once(
     env = _lake_env(lake_warehouse, broker, topic)
     sent = produce(kafka, topic, 30_000, seed=8, malformed_fraction=0.02, duplicate_fraction=0.02)
     lake_warehouse.ensure_schema()
-    shards = [_ingest_process(env, "--shards", "2", "--shard", str(shard)) for shard in (0, 1)]
-    outputs = [process.communicate(timeout=240) for process in shards]
-    for process, (_, err) in zip(shards, outputs, strict=True):
-        assert process.returncode == 0, err[-3000:]
-    totals = [json.loads(out) for out, _ in outputs]
+    totals = _run_ingests(env, *(["--shards", "2", "--shard", str(k)] for k in (0, 1)))
     # Disjoint partitions: neither shard lost a race to the other, both reached the end.
     assert all(t["reached_eof"] for t in totals), totals
     assert sum(t["messages"] for t in totals) == sent["total"]
-    raw = lake_warehouse.query(
-        'SELECT count(*) AS n, count(DISTINCT ("partition", "offset")) AS distinct_offsets '
-        "FROM raw.events"
-    ).row(0, named=True)
+    raw = _raw_counts(lake_warehouse)
     assert raw == {"n": sent["total"], "distinct_offsets": sent["total"]}
     clean = lake_warehouse.query(
         "SELECT (SELECT count(DISTINCT event_id) FROM clean.sensor_readings) "
