@@ -397,6 +397,24 @@ def cmd_backfill(args: argparse.Namespace, settings: AstraSettings) -> int:
     return 0 if status.status in ("COMPLETED", "COMPLETED_SUCCESS") else 1
 
 
+def cmd_api(args: argparse.Namespace, settings: AstraSettings) -> int:
+    """The gateway and read API (docs/api.md), until Ctrl-C."""
+    from astra_pipeline.api.server import serve
+
+    return serve(settings, host=args.host, port=args.port)
+
+
+def cmd_api_key_create(args: argparse.Namespace, settings: AstraSettings) -> int:
+    from astra_pipeline.api.keys import create_key
+
+    key, entry = create_key(args.scope)
+    sys.stdout.write(
+        f"key (shown once, give it to the client): {key}\n"
+        f"add this entry to ASTRA_API_KEYS (comma-separated): {entry.line()}\n"
+    )
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     """Embedded broker and Postgres + simulator + `dg dev`, on local files; Ctrl-C stops
     all. The terminal shows the runs' INFO lines (batches, events/s, refreshes, alerts)
@@ -852,6 +870,16 @@ def build_parser() -> argparse.ArgumentParser:
     dl_replay.add_argument("--topic", help="target topic (default ASTRA_TOPIC_RAW)")
     dl_replay.add_argument("--bootstrap", help="override ASTRA_KAFKA_BOOTSTRAP_SERVERS")
     dl_replay.set_defaults(func=cmd_deadletter_replay)
+
+    api = sub.add_parser("api", help="serve the HTTP/WebSocket gateway and the read API")
+    api.add_argument("--host", help="address to bind (default ASTRA_API_HOST)")
+    api.add_argument("--port", type=_port, help="port (default ASTRA_API_PORT)")
+    api.set_defaults(func=cmd_api)
+    api_key = sub.add_parser("api-key", help="create API keys for astra api")
+    key_sub = api_key.add_subparsers(dest="api_key_command", required=True)
+    key_create = key_sub.add_parser("create", help="print a new key once, and its setting entry")
+    key_create.add_argument("--scope", choices=("ingest", "read"), required=True)
+    key_create.set_defaults(func=cmd_api_key_create)
 
     dev = sub.add_parser("dev", help="broker, postgres, simulator and dg dev, one command")
     dev.add_argument("--port", type=_port, default=3000)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from resources.errors import AstraResourceError
-from resources.settings import AstraSettings, pg_password_source
+from resources.settings import PG_PASSWORD_ENV, AstraSettings, pg_password_source
 
 
 class ServingError(AstraResourceError):
@@ -245,6 +246,10 @@ class PostgresServingResource(dg.ConfigurableResource):  # type: ignore[type-arg
             f"{params.get('port', 5432)}/{params.get('dbname', '?')}"
         )
 
+    def conninfo(self) -> str:
+        """libpq connection string with the password (for a pool of its own: `astra api`)."""
+        return self._conninfo()
+
     def _conninfo(self, with_password: bool = True) -> str:
         parts = {
             "host": self.host,
@@ -405,10 +410,15 @@ class PostgresServingResource(dg.ConfigurableResource):  # type: ignore[type-arg
         return int(row[0]) if row else 0
 
 
-def serving_resource_from_settings(settings: AstraSettings) -> PostgresServingResource:
+def serving_resource_from_settings(
+    settings: AstraSettings, *, resolve_secrets: bool = False
+) -> PostgresServingResource:
     """The resource as configured by ASTRA_PG_*: the URL when given, else the parts; the
-    password through dg.EnvVar (resolved at run time) when ASTRA_PG_PASSWORD is set."""
-    password = pg_password_source()
+    password through dg.EnvVar (resolved at run time) when ASTRA_PG_PASSWORD is set, or
+    its value with ``resolve_secrets`` (outside Dagster: `astra api`)."""
+    password: Any = pg_password_source()
+    if resolve_secrets and password is not None:
+        password = os.environ.get(PG_PASSWORD_ENV)
     common: dict[str, Any] = {
         "connect_timeout_s": settings.pg_connect_timeout_s,
         "lock_timeout_s": settings.pg_lock_timeout_s,

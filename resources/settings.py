@@ -94,6 +94,21 @@ class AstraSettings(BaseModel):
     # automation sensor; on in the compose stack, off under `make dev` with no Postgres).
     pg_serving_automation: bool = False
 
+    # `astra api` (docs/api.md): the HTTP/WebSocket gateway and read API. With no API
+    # keys it binds to loopback only; api_keys lists `astra api-key create`'s entries
+    # (salted hashes, comma-separated), never the keys themselves.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_keys: str = ""
+    api_max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Requests per second per API key (per client address without keys), with bursts
+    # of as many; above it 429 with Retry-After.
+    api_rate_limit_per_s: float = Field(default=200.0, gt=0)
+    # How long a POST waits for Kafka's acknowledgement before answering 503, and how
+    # many messages the producer may hold unacknowledged before it answers 503 at once.
+    api_kafka_timeout_s: float = Field(default=10.0, gt=0)
+    api_producer_queue_messages: int = Field(default=200_000, ge=1000)
+
     def serving_schemas(self) -> tuple[str, ...]:
         return tuple(self.pg_serving_schemas.split(","))
 
