@@ -515,10 +515,25 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
                 stderr=subprocess.STDOUT,
             )
         )
+        # The gateway and read API beside Dagster: loopback, no keys (docs/api.md).
+        children.append(
+            subprocess.Popen(
+                [
+                    str(bin_dir / "astra"),
+                    "api",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(args.api_port),
+                ],
+                env=env,
+                start_new_session=True,
+            )
+        )
         # Its run workers' output (they inherit dg dev's) without the step events Dagster
         # logs at DEBUG (thousands of lines an hour), unless --debug.
         forwarding = threading.Thread(
-            target=_forward, args=(children[-1], not args.debug, stopping), daemon=True
+            target=_forward, args=(children[1], not args.debug, stopping), daemon=True
         )
         forwarding.start()
         threading.Thread(
@@ -528,6 +543,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         ).start()
         sys.stdout.write(
             f"AstraStream dev: broker {broker.bootstrap_servers}, UI http://127.0.0.1:{args.port}, "
+            f"API http://127.0.0.1:{args.api_port}/docs, "
             f"lake {lake['lake_data_path']} (catalog {lake['lake_catalog']}). "
             "Ctrl-C stops everything.\n"
         )
@@ -542,7 +558,8 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         stopping.set()
         sys.stdout.write(
-            "stopping the simulator, the runs in flight, dagster, the broker, postgres...\n"
+            "stopping the simulator, the runs in flight, dagster, the api, the broker, "
+            "postgres...\n"
         )
         sys.stdout.flush()
         simulator, *rest = children
@@ -572,7 +589,7 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
             if settled
             else ""
         )
-        sys.stdout.write(f"stopped: simulator, dagster, broker, postgres{runs}.\n")
+        sys.stdout.write(f"stopped: simulator, dagster, api, broker, postgres{runs}.\n")
     return 0
 
 
@@ -893,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--pg-port", type=_port, help="port of the session's Postgres (default: a free one)"
     )
     dev.add_argument("--rate", type=_positive, default=50.0)
+    dev.add_argument(
+        "--api-port", type=_port, default=8000, help="port of astra api (default 8000)"
+    )
     dev.set_defaults(func=cmd_dev)
     return parser
 

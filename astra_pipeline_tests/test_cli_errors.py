@@ -42,6 +42,8 @@ def one_line(args: list[str], capfd: pytest.CaptureFixture[str]) -> str:
         (["ingest", "--shards", "2", "--shard", "0"], "--shards"),  # no lake here
         (["ingest", "--shards", "1", "--shard", "3"], "--shard"),
         (["ingest", "--shard", "-1"], "--shard"),
+        (["api", "--port", "0"], "--port"),
+        (["api-key", "create", "--scope", "admin"], "--scope"),
     ],
 )
 def test_a_bad_flag_is_one_line_naming_it(
@@ -58,6 +60,16 @@ def test_shards_without_a_lake_are_refused_naming_the_setting(
     monkeypatch.delenv("ASTRA_LAKE_CATALOG", raising=False)
     message = one_line(["ingest"], capfd)
     assert "ASTRA_INGEST_SHARDS=2" in message and "ASTRA_LAKE_CATALOG" in message
+
+
+def test_the_api_refuses_to_serve_beyond_loopback_without_keys(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ASTRA_API_KEYS", raising=False)
+    message = one_line(["api", "--host", "0.0.0.0"], capfd)
+    assert "ASTRA_API_HOST=0.0.0.0" in message and "ASTRA_API_KEYS" in message
+    monkeypatch.setenv("ASTRA_API_KEYS", "read:abc:zz:00")
+    assert "ASTRA_API_KEYS entry 1" in one_line(["api"], capfd)
 
 
 def test_the_broker_refuses_a_taken_port_in_one_line(capfd: pytest.CaptureFixture[str]) -> None:

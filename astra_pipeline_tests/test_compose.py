@@ -180,7 +180,14 @@ def test_compose_passes_only_variables_the_code_reads() -> None:
         assert service["env_file"] == ".env", name
         unknown = set(service.get("environment", {})) - readable
         assert not unknown, f"{name} passes variables nothing reads: {unknown}"
-    assert set(ours(services)) == {"codeserver", "watchdog", "webserver", "daemon", "simulator"}
+    assert set(ours(services)) == {
+        "codeserver",
+        "watchdog",
+        "webserver",
+        "daemon",
+        "simulator",
+        "api",
+    }
     # Interpolated (${VAR}) and container-shell ($${VAR}, $$VAR) references alike.
     referenced = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", text))
     container_own = {"POSTGRES_USER", "POSTGRES_DB", "PGUSER", "PGPASSWORD", "PGDATABASE"}

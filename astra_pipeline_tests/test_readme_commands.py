@@ -18,6 +18,7 @@ minutes): `make test-readme` runs it, and so does CI.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -30,6 +31,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +191,7 @@ def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
     (checkout / ".venv").symlink_to(VENV)
     for entry in CHECKOUT_ENTRIES:
         (checkout / entry).symlink_to(REPO / entry)
-    ui_port, broker_port = _free_port(), _free_port()
+    ui_port, broker_port, api_port = _free_port(), _free_port(), _free_port()
     env = {
         key: value
         for key, value in os.environ.items()
@@ -204,7 +206,7 @@ def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
     with log.open("w") as sink:
         dev = subprocess.Popen(
             [str(checkout / ".venv/bin/astra"), "dev", "--port", str(ui_port)]
-            + ["--broker-port", str(broker_port)],
+            + ["--broker-port", str(broker_port), "--api-port", str(api_port)],
             cwd=checkout,
             env=env,
             stdout=sink,
@@ -223,6 +225,7 @@ def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
             interval_s=3,
         )
         _run_readme(shell, commands, checkout)
+        _use_the_api(f"http://127.0.0.1:{api_port}")
         # Every asset of the UI has been materialized once (issue 11, item 10).
         _wait_for(
             lambda: not _never_materialized(env["ASTRA_DAGSTER_URL"]),
@@ -245,6 +248,33 @@ def test_readme_commands_against_a_running_dev_platform(tmp_path: Path) -> None:
     assert summary.startswith("stopped: ") and "; 0 failed runs this session" in summary, output[
         -5000:
     ]
+
+
+def _use_the_api(url: str) -> None:
+    """`make dev` serves `astra api` (docs/api.md): ready, takes an event over HTTP, and
+    reads it back once the sensor's next ingest run stored it."""
+    _wait_for(
+        lambda: httpx.get(f"{url}/readyz", timeout=10).status_code == 200, 60, "astra api ready"
+    )
+    event = {
+        "event_type": "sensor_reading",
+        "device_id": "readme-api-device",
+        "ts": dt.datetime.now(dt.UTC).isoformat(),
+        "temperature_c": 21.5,
+        "humidity_pct": 40.0,
+        "battery_pct": 90.0,
+        "lat": 1.0,
+        "lon": 2.0,
+        "status": "ok",
+    }
+    posted = httpx.post(f"{url}/v1/events", json=event, timeout=30)
+    assert posted.status_code == 200 and posted.json()["results"][0]["status"] == "accepted"
+    latest = f"{url}/v1/devices/readme-api-device/latest"
+    _wait_for(lambda: httpx.get(latest, timeout=10).status_code == 200, 120, "the posted event")
+    reading = httpx.get(latest, timeout=10).json()["reading"]
+    assert reading["event_id"] == posted.json()["results"][0]["event_id"], reading
+    alerts = httpx.get(f"{url}/v1/alerts", params={"limit": 5}, timeout=10)
+    assert alerts.status_code == 200, alerts.text
 
 
 def _run_readme(shell: Shell, commands: list[str], checkout: Path) -> None:
