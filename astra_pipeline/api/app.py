@@ -61,11 +61,16 @@ def build_app(state: ApiState) -> FastAPI:
             REQUEST_ID.reset(token)
         response.headers["X-Request-ID"] = rid
         route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        if state.http is not None:
+            state.http.observe(
+                template, request.method, response.status_code, time.perf_counter() - started
+            )
         LOG.info(
             "%s %s %s %d %.1fms key=%s",
             rid,
             request.method,
-            getattr(route, "path", "unmatched"),
+            template,
             response.status_code,
             (time.perf_counter() - started) * 1000,
             getattr(request.state, "key_id", "-"),

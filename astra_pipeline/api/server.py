@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 
@@ -15,8 +16,12 @@ from fastapi import FastAPI
 from astra_pipeline.api.app import build_app
 from astra_pipeline.api.guard import Keys, RateLimiter
 from astra_pipeline.api.keys import KeyConfigError, parse_entries
+from astra_pipeline.api.metrics import PipelineCollector
 from astra_pipeline.api.state import ApiState
 from resources.gateway_producer import GatewayProducer
+from resources.ingest_tallies import IngestTallies
+from resources.lag_probe import LagProbe
+from resources.run_tallies import RunTallies
 from resources.serving import serving_resource_from_settings
 from resources.serving_reads import ServingReader
 from resources.settings import AstraSettings, SettingsError
@@ -50,7 +55,7 @@ def load_keys(settings: AstraSettings) -> Keys:
 
 def build_state(settings: AstraSettings) -> ApiState:
     keys = load_keys(settings)
-    return ApiState(
+    state = ApiState(
         settings=settings,
         producer=GatewayProducer(
             settings.kafka_bootstrap_servers,
@@ -66,6 +71,32 @@ def build_state(settings: AstraSettings) -> ApiState:
         keys=keys,
         rate=RateLimiter(settings.api_rate_limit_per_s),
     )
+    state.registry.register(
+        PipelineCollector(
+            settings.topic_raw,
+            LagProbe(
+                settings.kafka_bootstrap_servers,
+                settings.consumer_group,
+                settings.topic_raw,
+                timeout_s=5.0,
+            ),
+            IngestTallies(state.warehouse),
+            state.serving,
+            _run_tallies(),
+            state.producer.queued,
+        )
+    )
+    return state
+
+
+def _run_tallies() -> RunTallies | None:
+    """The Dagster instance's runs, when this process can reach the instance
+    (DAGSTER_HOME set: `make dev`, the compose stack)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return None
+    import dagster as dg
+
+    return RunTallies(dg.DagsterInstance.get())
 
 
 def serve(settings: AstraSettings, host: str | None = None, port: int | None = None) -> int:

@@ -3,13 +3,15 @@ dependencies that check a request's key, scope and rate before the route runs.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
+from prometheus_client import CollectorRegistry
 
 from astra_pipeline.api.guard import ANONYMOUS, Keys, RateLimiter
 from astra_pipeline.api.keys import Caller, Scope
+from astra_pipeline.api.metrics import HttpMetrics
 from resources.gateway_producer import GatewayProducer
 from resources.serving_reads import ServingReader
 from resources.settings import AstraSettings
@@ -23,6 +25,13 @@ class ApiState:
     warehouse: Any  # resources.warehouse.DuckDBWarehouseResource (its query method)
     keys: Keys
     rate: RateLimiter
+    # /metrics: the registry it renders and the HTTP metrics the middleware records.
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    http: HttpMetrics | None = None
+
+    def __post_init__(self) -> None:
+        if self.http is None:
+            self.http = HttpMetrics(self.registry)
 
 
 def state_of(app: FastAPI) -> ApiState:

@@ -10,7 +10,8 @@ from typing import Annotated
 
 import msgspec
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from astra_pipeline.api.guard import ApiError
 from astra_pipeline.api.models import ErrorBody, Health
@@ -100,3 +101,11 @@ async def readyz(request: Request) -> JSONResponse:
     ready = all(v == "ok" for v in results.values())
     body = Health(status="ready" if ready else "not ready", checks=results)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text format (docs/operations.md); no key needed, like the health routes."""
+    state = state_of(request.app)
+    body = await asyncio.to_thread(generate_latest, state.registry)
+    return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
