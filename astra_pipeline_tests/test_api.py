@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import random
 import threading
 import uuid
 from collections.abc import Iterator
@@ -29,21 +28,16 @@ from psycopg.rows import dict_row
 from astra_pipeline.api.keys import create_key
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.assets.serving import (
-    AGG_SPECS,
     ALERTS_SPEC,
-    CHURN_SCORES_SPEC,
-    USER_CHURN_SPEC,
 )
 from astra_pipeline_tests.api_server import ApiProcess
+from astra_pipeline_tests.serving_rows import DEVICES, T0, alert_row, serve_tables
 from resources.broker import EmbeddedBroker
 from resources.embedded_postgres import EmbeddedPostgres
 from resources.kafka import KafkaResource
-from resources.serving import PostgresServingResource, ServingTableSpec
+from resources.serving import PostgresServingResource
 from resources.warehouse import DuckDBWarehouseResource
 
-T0 = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
-DEVICES = ("dev-a", "dev-b", "dev-c")
-USERS = ("user-1", "user-2")
 RATE_PER_S = 100
 
 
@@ -134,156 +128,12 @@ def stack(
     }
     running = Stack(ApiProcess(env, folder / "api.log"), env, keys, pg)
     running.warehouse().ensure_schema()
-    _serve_tables(PostgresServingResource(url=pg))
+    serve_tables(PostgresServingResource(url=pg))
     try:
         running.api.wait_ready()
         yield running
     finally:
         running.api.stop()
-
-
-def _serve_tables(serving: PostgresServingResource) -> None:
-    """The serving tables the read API reads, loaded through the serving copy's own
-    replace (synthetic rows: the API's answers are compared with SQL on them)."""
-    rng = random.Random(7)
-    specs = {spec.table: spec for spec in AGG_SPECS}
-    minutes = [T0 + dt.timedelta(minutes=m) for m in range(180)]
-    stats = {
-        "temperature_c_mean": 20.0,
-        "temperature_c_min": 18.0,
-        "temperature_c_max": 22.0,
-        "temperature_c_stddev": 1.0,
-        "temperature_c_p95": 21.5,
-        "humidity_pct_mean": 40.0,
-        "humidity_pct_min": 38.0,
-        "humidity_pct_max": 42.0,
-        "humidity_pct_stddev": 1.0,
-        "humidity_pct_p95": 41.0,
-        "battery_min": 80.0,
-        "count_ok": 5,
-        "count_degraded": 0,
-        "count_fault": 0,
-    }
-
-    def windows(spec: ServingTableSpec, starts: list[dt.datetime], width: dt.timedelta) -> None:
-        rows = [
-            {
-                "device_id": device,
-                "window_start": start,
-                "window_end": start + width,
-                "reading_count": rng.randint(1, 60),
-                **{
-                    k: v + rng.random() if isinstance(v, float) else v
-                    for k, v in stats.items()
-                    if k in spec.column_names
-                },
-            }
-            for device in DEVICES
-            for start in starts
-        ]
-        frame = pl.DataFrame(rows).select(spec.column_names)
-        serving.ensure_table(spec)
-        serving.replace_partition(
-            spec, frame, start=starts[0], end=starts[-1] + dt.timedelta(hours=1)
-        )
-
-    windows(specs["agg.sensor_1m"], minutes, dt.timedelta(minutes=1))
-    windows(specs["agg.sensor_5m_sliding"], minutes, dt.timedelta(minutes=5))
-    windows(
-        specs["agg.sensor_1h"],
-        [T0 + dt.timedelta(hours=h) for h in range(3)],
-        dt.timedelta(hours=1),
-    )
-    sessions = specs["agg.user_sessions"]
-    serving.ensure_table(sessions)
-    serving.replace_partition(
-        sessions,
-        pl.DataFrame(
-            [
-                {
-                    "user_id": user,
-                    "session_start": T0 + dt.timedelta(minutes=10 * i),
-                    "session_end": T0 + dt.timedelta(minutes=10 * i + 5),
-                    "duration_s": 300.0,
-                    "event_count": i + 1,
-                    "purchase_count": i % 2,
-                    "revenue": 9.5 * (i % 2),
-                    "continues_previous": False,
-                }
-                for user in USERS
-                for i in range(12)
-            ]
-        ).select(sessions.column_names),
-        start=T0,
-        end=T0 + dt.timedelta(hours=2),
-    )
-    days = [dt.date(2026, 11, 26), dt.date(2026, 11, 27)]
-    day_start = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
-    serving.ensure_table(CHURN_SCORES_SPEC)
-    serving.replace_partition(
-        CHURN_SCORES_SPEC,
-        pl.DataFrame(
-            [
-                {
-                    "user_id": user,
-                    "as_of_day": day,
-                    "churn_probability": rng.random(),
-                    "churn_predicted": False,
-                    "model_version": "m1",
-                }
-                for user in USERS[:1]
-                for day in days
-            ]
-        ).select(CHURN_SCORES_SPEC.column_names),
-        start=day_start,
-        end=day_start + dt.timedelta(days=2),
-    )
-    features = {
-        c.name: (1 if c.type == "bigint" else 0.5)
-        for c in USER_CHURN_SPEC.columns
-        if c.name not in ("user_id", "as_of_day", "max_event_ts")
-    }
-    serving.ensure_table(USER_CHURN_SPEC)
-    serving.replace_partition(
-        USER_CHURN_SPEC,
-        pl.DataFrame(
-            [
-                {"user_id": USERS[0], "as_of_day": day, **features, "max_event_ts": T0}
-                for day in days
-            ]
-        ).select(USER_CHURN_SPEC.column_names),
-        start=day_start,
-        end=day_start + dt.timedelta(days=2),
-    )
-    serving.ensure_table(ALERTS_SPEC)
-    serving.replace_partition(
-        ALERTS_SPEC,
-        pl.DataFrame([_alert(i) for i in range(45)]).select(ALERTS_SPEC.column_names),
-        start=T0,
-        end=T0 + dt.timedelta(hours=1),
-    )
-
-
-def _alert(i: int, base: dt.datetime = T0) -> dict[str, Any]:
-    return {
-        "alert_id": f"alert-{base:%H%M}-{i:04d}",
-        "event_id": f"ev-{base:%H%M}-{i}",
-        "device_id": DEVICES[i % 3],
-        "ts": base + dt.timedelta(seconds=20 * (i // 2)),  # pairs share a ts: ties by id
-        "score": 5.0 + i,
-        "driver": "robust_z",
-        "metric": "temperature_c",
-        "reason": "hot",
-        "topic": "events_raw",
-        "partition": 0,
-        "offset": i,
-        "rule_version": "r1",
-        "threshold": 4.0,
-        "created_at": base,
-        "run_id": None,
-        "publish_attempt": None,
-        "published_at": None,
-    }
 
 
 def _pages(client: httpx.Client, path: str, **params: Any) -> list[dict[str, Any]]:
@@ -418,7 +268,7 @@ def test_alert_pages_neither_skip_nor_repeat_while_rows_arrive(stack: Stack) -> 
             if page < 3:  # new alerts arrive between pages (a later hour, replaced whole)
                 serving.replace_partition(
                     ALERTS_SPEC,
-                    pl.DataFrame([_alert(i, later) for i in range(5 * (page + 1))]).select(
+                    pl.DataFrame([alert_row(i, later) for i in range(5 * (page + 1))]).select(
                         ALERTS_SPEC.column_names
                     ),
                     start=later,

@@ -3,7 +3,9 @@ the test produces events without ingesting them, then ingests them."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -12,16 +14,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import httpx
 import pytest
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline_tests.api_server import ApiProcess, free_port
+from astra_pipeline_tests.grafana_dashboards import dashboard_targets
 from astra_pipeline_tests.helpers import produce
+from astra_pipeline_tests.serving_rows import serve_tables
 from resources.broker import EmbeddedBroker
 from resources.embedded_postgres import EmbeddedPostgres
 from resources.kafka import KafkaResource
+from resources.serving import PostgresServingResource
 from resources.warehouse import DuckDBWarehouseResource
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def need(tool: str) -> str:
@@ -80,6 +88,20 @@ class Prometheus:
         self._log.close()
 
 
+def _dashboard_queries_answer(prometheus: Prometheus) -> None:
+    """Every PromQL panel of the Grafana dashboards returns series, with the labels its
+    legend uses."""
+    time.sleep(3)  # two scrapes after ingest: rates over them are defined
+    checked = 0
+    for target in dashboard_targets("prometheus"):
+        result = prometheus.query(target["expr"])
+        assert result, f"no series for {target['expr']}"
+        for label in re.findall(r"\{\{(\w+)\}\}", target.get("legendFormat", "")):
+            assert all(label in r["metric"] for r in result), (target["expr"], label)
+        checked += 1
+    assert checked >= 10
+
+
 def wait_for(read: Any, want: Any, timeout_s: float) -> Any:
     deadline = time.monotonic() + timeout_s
     got = None
@@ -89,6 +111,25 @@ def wait_for(read: Any, want: Any, timeout_s: float) -> Any:
             return got
         time.sleep(0.5)
     raise AssertionError(f"got {got!r}, want {want!r}")
+
+
+def _instance_with_runs(home: Path) -> Path:
+    """A Dagster instance holding one successful and one failed run."""
+    home.mkdir()
+    shutil.copy(REPO / "dagster.embedded.yaml", home / "dagster.yaml")
+
+    @dg.asset
+    def fine() -> None:
+        return None
+
+    @dg.asset
+    def broken() -> None:
+        raise ValueError("broken on purpose")
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert dg.materialize([fine], instance=instance).success
+        assert not dg.materialize([broken], instance=instance, raise_on_error=False).success
+    return home
 
 
 @pytest.fixture
@@ -101,12 +142,17 @@ def api(
     KafkaResource(bootstrap_servers=broker.bootstrap_servers).create_topics(
         {topic: 3, f"{topic}_dlq": 1}
     )
+    home = _instance_with_runs(tmp_path / "dagster_home")
+    pg = embedded_postgres.create_database(f"metrics_{tag}")
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    serve_tables(PostgresServingResource(url=pg), now - dt.timedelta(hours=3))
     env = {
+        "DAGSTER_HOME": str(home),
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "ASTRA_TOPIC_RAW": topic,
         "ASTRA_TOPIC_DEADLETTER": f"{topic}_dlq",
         "ASTRA_CONSUMER_GROUP": f"g-{topic}",
-        "ASTRA_PG_URL": embedded_postgres.url("postgres"),
+        "ASTRA_PG_URL": pg,
         "ASTRA_LAKE_CATALOG": lake_catalog,
         "ASTRA_LAKE_DATA_PATH": str(tmp_path / "lake"),
         "ASTRA_LAKE_METADATA_SCHEMA": f"lake_{tag}",
@@ -177,6 +223,15 @@ def test_prometheus_sees_the_lag_of_produced_events_then_their_ingestion(
             r["metric"]["source"]: r["value"][1]
             for r in prometheus.query("astra_metrics_source_up")
         }
-        assert up == {"kafka": "1", "warehouse": "1", "serving": "1"}, up
+        assert up == {"kafka": "1", "warehouse": "1", "serving": "1", "dagster": "1"}, up
+        runs = {
+            r["metric"]["status"]: float(r["value"][1])
+            for r in prometheus.query("astra_dagster_runs_total")
+        }
+        assert runs == {"success": 1.0, "failure": 1.0}, runs
+        freshness = prometheus.value("astra_window_freshness_seconds")
+        assert freshness is not None and 0 <= freshness < 120
+        assert prometheus.value("sum(astra_alerts_total)") == 45
+        _dashboard_queries_answer(prometheus)
     finally:
         prometheus.stop()
