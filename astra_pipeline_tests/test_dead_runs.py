@@ -133,6 +133,25 @@ def _timeline(instance: dg.DagsterInstance, killed_wall: float) -> str:
     return "\n".join(lines)
 
 
+def _lag_observations(
+    instance: dg.DagsterInstance, until_caught_up_s: float
+) -> list[dict[str, float]]:
+    """The sensor's lag observations of raw_events, newest first, once the newest says
+    the backlog is gone (or the time is up)."""
+    deadline = time.monotonic() + until_caught_up_s
+    while True:
+        records = instance.fetch_observations(
+            dg.AssetKey("raw_events"), limit=1000, ascending=False
+        ).records
+        lags = [
+            {k: v.value for k, v in r.asset_observation.metadata.items()}  # type: ignore[union-attr]
+            for r in records
+        ]
+        if (lags and lags[0]["kafka_lag"] == 0) or time.monotonic() > deadline:
+            return lags  # type: ignore[return-value]
+        time.sleep(1)
+
+
 def _failed_after(instance: dg.DagsterInstance, run_id: str, killed_at: float, limit_s: float):
     while time.monotonic() - killed_at < limit_s:
         run = instance.get_run_by_id(run_id)
@@ -199,6 +218,11 @@ def test_a_run_killed_in_the_pooled_step_is_failed_and_the_next_run_catches_up(
     assert all(r.is_finished for r in runs), [(r.run_id, r.status) for r in runs]
     later = [r for r in runs if r.run_id != run_id]
     assert later and all(r.status == dg.DagsterRunStatus.SUCCESS for r in later)
+    # The sensor observed the lag every tick, in messages and seconds (the UI's plots):
+    # a backlog with an age while it drained, then none.
+    lags = _lag_observations(instance, until_caught_up_s=30)
+    assert any(m["kafka_lag"] > 0 and m["kafka_lag_seconds"] > 0 for m in lags), lags[:5]
+    assert lags[0] == {"kafka_lag": 0, "kafka_lag_seconds": 0}, lags[:5]
     print(
         f"killed run failed after {failed_after:.1f}s, next batch after {resumed_after:.1f}s,"
         f" caught up after {caught_up_after:.1f}s"

@@ -304,3 +304,40 @@ def test_a_batch_another_writer_committed_first_ends_the_run_cleanly(
     assert raw["ledger_conflicts"].value == 1 and raw["batches"].value == 0
     assert counts(warehouse) == before
     assert before["raw"] == produced["total"]
+
+
+def test_a_run_records_the_end_to_end_latency_of_the_events_it_committed(
+    kafka: KafkaResource, topic: str, warehouse: DuckDBWarehouseResource
+) -> None:
+    """Readings stamped 30, 60 and 90 s before they are produced: the run's p50, p95 and
+    max latency (event time to commit) are those plus the seconds it took, in the
+    instance's event log."""
+    now = dt.datetime.now(dt.UTC)
+    ages = [30.0] * 10 + [60.0] * 9 + [90.0]  # p50 = 30, p95 = 60 (19th of 20), max = 90
+    kafka.produce_all(
+        topic,
+        (
+            (
+                b"dev-1",
+                sensor_reading(
+                    f"lat-{i}", (now - dt.timedelta(seconds=age)).isoformat().replace("+00:00", "Z")
+                ),
+            )
+            for i, age in enumerate(ages)
+        ),
+    )
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(
+            [ingest_events],
+            resources={"kafka": kafka, "warehouse": warehouse},
+            run_config=dg.RunConfig(
+                {"ingest_events": IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq")}
+            ),
+            instance=instance,
+        )
+        took = (dt.datetime.now(dt.UTC) - now).total_seconds()
+        event = instance.get_latest_materialization_event(dg.AssetKey("cleaned_events"))
+        assert event is not None and event.run_id == result.run_id
+    meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}  # type: ignore[union-attr]
+    for key, age in (("latency_p50_s", 30), ("latency_p95_s", 60), ("latency_max_s", 90)):
+        assert age <= meta[key] <= age + took, (key, meta[key], took)

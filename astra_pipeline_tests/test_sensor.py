@@ -25,15 +25,18 @@ def test_sensor_requests_run_on_lag_and_skips_when_caught_up(kafka, topic, wareh
         assert len(first.run_requests) == 1
         # No partition: a run is the same however it is launched (issue 11, item 4).
         assert first.run_requests[0].partition_key is None
-        observed = first.asset_events[0].metadata["kafka_lag"]
-        assert 0 < observed.value <= 500
+        # Lag in messages and in seconds, observed every tick (the UI plots them).
+        observed = first.asset_events[0].metadata
+        assert observed["kafka_lag"].value == 500
+        assert observed["kafka_lag_seconds"].value >= 0
         # The same state gives the same run key: one state never launches two runs.
         again = evaluate(sensor, kafka, instance)
         assert again.run_requests[0].run_key == first.run_requests[0].run_key
         drain(kafka, warehouse, IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq"), None)
         caught_up = evaluate(sensor, kafka, instance, cursor=first.cursor)
-        requests = caught_up.run_requests if isinstance(caught_up, dg.SensorResult) else []
-        assert requests == []
+        assert caught_up.run_requests == []
+        assert caught_up.asset_events[0].metadata["kafka_lag"].value == 0
+        assert caught_up.asset_events[0].metadata["kafka_lag_seconds"].value == 0
 
 
 def _requests(result) -> list[dg.RunRequest]:

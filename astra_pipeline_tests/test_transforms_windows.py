@@ -812,3 +812,17 @@ def test_session_duration_does_not_depend_on_how_many_sessions_there_are() -> No
     among = w.user_sessions(activity(*others), at(10), at(11))
     assert among.filter(pl.col("user_id") == "u0").equals(alone)
     assert alone["duration_s"].item() == 2235 + 314_373 * 1e-6
+
+
+def test_latency_percentiles_are_nearest_rank_by_hand() -> None:
+    from astra_pipeline.transforms.latency import LatencySample
+
+    committed = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+    sample = LatencySample()
+    # 1..20 seconds old, in two batches: p50 is the 10th smallest, p95 the 19th.
+    ages = list(range(1, 21))
+    for part in (ages[:7], ages[7:]):
+        sample.add(pl.Series([committed - dt.timedelta(seconds=a) for a in part]), committed)
+    sample.add(pl.Series([], dtype=pl.Datetime("us", "UTC")), committed)
+    assert sample.summary() == {"latency_p50_s": 10.0, "latency_p95_s": 19.0, "latency_max_s": 20.0}
+    assert LatencySample().summary() == {}

@@ -12,30 +12,22 @@ partitions have lag and that has no run queued or in progress, tagged with the s
 """
 
 import hashlib
-import time
 
 import dagster as dg
-from pydantic import BaseModel
 
 from astra_pipeline.assets.ingest import RAW_EVENTS
 from astra_pipeline.jobs import INGEST_JOB_NAME
 from astra_pipeline.run_tags import INGEST_SHARD_TAG
 from astra_pipeline.transforms.shards import shard_of
 from resources.kafka import KafkaResource
+from resources.lag_probe import LagProbe
 
-# Record the lag for the UI at most this often while it does not change.
-OBSERVE_EVERY_S = 60.0
 _ACTIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
 ]
-
-
-class SensorCursor(BaseModel):
-    last_lag: int = -1
-    last_observed_at: float = 0.0
 
 
 def compute_lag(watermarks: dict[int, int], committed: dict[int, int | None]) -> dict[int, int]:
@@ -72,6 +64,19 @@ def _shards_stopped_early(context: dg.SensorEvaluationContext, shards: int) -> s
     return {shard for shard, early in latest.items() if early}
 
 
+def lag_observation(kafka: KafkaResource, topic: str) -> dict[str, float | int]:
+    """The lag as the sensor records it: messages, and the oldest one's age in seconds."""
+    probe = LagProbe(kafka.bootstrap_servers, kafka.consumer_group, topic, kafka.timeout_s)
+    try:
+        partitions = probe.lag()
+    finally:
+        probe.close()
+    return {
+        "kafka_lag": sum(p.messages for p in partitions),
+        "kafka_lag_seconds": round(max((p.oldest_age_s for p in partitions), default=0.0), 3),
+    }
+
+
 def shard_lags(lag: dict[int, int], shards: int) -> dict[int, int]:
     """Messages not yet ingested per shard."""
     totals = dict.fromkeys(range(shards), 0)
@@ -99,21 +104,16 @@ def build_kafka_events_sensor(
     )
     def kafka_events_sensor(
         context: dg.SensorEvaluationContext, kafka: KafkaResource
-    ) -> dg.SensorResult | dg.SkipReason:
-        cursor = (
-            SensorCursor.model_validate_json(context.cursor) if context.cursor else SensorCursor()
-        )
+    ) -> dg.SensorResult:
         watermarks = kafka.high_watermarks(topic)
         committed = kafka.committed_offsets(topic)
         per_partition = compute_lag(watermarks, committed)
-        lag = sum(per_partition.values())
-        now = time.time()
-        observations = []
-        if lag != cursor.last_lag or now - cursor.last_observed_at >= OBSERVE_EVERY_S:
-            observations.append(
-                dg.AssetObservation(asset_key=RAW_EVENTS, metadata={"kafka_lag": lag})
-            )
-            cursor = SensorCursor(last_lag=lag, last_observed_at=now)
+        # Every tick, for the UI's plots of raw_events (no run needed): messages not yet
+        # ingested and the age of the oldest (read past the dev broker's trailing high
+        # watermark, resources/lag_probe.py).
+        observations = [
+            dg.AssetObservation(asset_key=RAW_EVENTS, metadata=lag_observation(kafka, topic))
+        ]
         run_requests = []
         if shards == 1:
             active = context.instance.get_runs(
@@ -143,12 +143,7 @@ def build_kafka_events_sensor(
                 if shard not in early:
                     continue
             run_requests.append(_request(shard, shards, shard_lag, watermarks, committed))
-        if not run_requests and not observations:
-            reason = "ingest runs are in progress" if busy else "no lag"
-            return dg.SkipReason(f"{reason} (lag {lag} messages)")
-        return dg.SensorResult(
-            run_requests=run_requests, asset_events=observations, cursor=cursor.model_dump_json()
-        )
+        return dg.SensorResult(run_requests=run_requests, asset_events=observations)
 
     return kafka_events_sensor
 

@@ -26,6 +26,7 @@ from astra_pipeline.assets.window_refresh import (
     refresh_hours,
 )
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
+from astra_pipeline.transforms.latency import LatencySample
 from astra_pipeline.transforms.shards import shard_partitions
 from astra_pipeline.transforms.windows import touched_hours
 from resources.deadletter_store import (
@@ -104,6 +105,8 @@ class IngestTotals:
     end_offsets: dict[int, int] = field(default_factory=dict)
     touched_hours: set[dt.datetime] = field(default_factory=set)
     """Hourly event-time partitions whose windows the new clean rows may change."""
+    latency: LatencySample = field(default_factory=LatencySample)
+    """Event time to commit of every event this run stored."""
 
 
 def drain(
@@ -262,6 +265,7 @@ def _ingest_one(
                     committed_at=dt.datetime.now(dt.UTC),
                     topic_id=topic_id,
                 )
+            committed_at = dt.datetime.now(dt.UTC)
             break
         except CommitConflict:
             if attempt == COMMIT_ATTEMPTS - 1:
@@ -285,6 +289,7 @@ def _ingest_one(
     # From what was inserted: a resend of a stored event (even with another ts) is
     # dropped as a duplicate and changes no window.
     totals.touched_hours.update(touched_hours(written.inserted_ts))
+    totals.latency.add(written.inserted_ts, committed_at)
 
 
 def _mark_published(writer: BatchWriter, dead_letters: pl.DataFrame) -> None:
@@ -513,6 +518,8 @@ def _results(
             "user_activity": totals.user_activity,
             "duplicates": totals.duplicates,
             "fast_path_rows": totals.fast_path_rows,
+            # Event time to commit of the events this run stored (plotted in the UI).
+            **totals.latency.summary(),
             # Read by the windows sensor to refresh exactly these hourly partitions.
             "touched_hours": dg.MetadataValue.json(
                 [hour.isoformat() for hour in sorted(totals.touched_hours)]
