@@ -30,6 +30,7 @@ from astra_pipeline.assets.serving import (
     select_served,
 )
 from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES, windowed_aggregates
+from astra_pipeline.checks.freshness import windowed_aggregates_fresh_on_event_time
 from astra_pipeline.checks.ingest import STATIC_CHECKS, make_dead_letter_rate_check
 from astra_pipeline.checks.scoring import scoring_checks
 from astra_pipeline.checks.windows import WINDOW_CHECKS
@@ -94,6 +95,7 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
             *STATIC_CHECKS,
             make_dead_letter_rate_check(settings.deadletter_rate_threshold),
             *WINDOW_CHECKS,
+            windowed_aggregates_fresh_on_event_time,
             *scoring_checks(),
         ],
         jobs=[ingest_job, windows_job, anomaly_job, churn_job, *lake.jobs],

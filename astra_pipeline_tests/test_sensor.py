@@ -1,3 +1,5 @@
+import datetime as dt
+
 import dagster as dg
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
@@ -88,3 +90,40 @@ def test_the_duckdb_file_alone_is_enough_state(broker, kafka, topic, warehouse) 
     drain(fresh, warehouse, config, None)
     after = counts(warehouse)
     assert after["raw"] == after["ledger"] == sent["total"] + 500
+
+
+def test_window_freshness_is_judged_on_event_time_by_hand() -> None:
+    from astra_pipeline.checks.freshness import judge
+
+    now = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+    ok, _, meta = judge(now - dt.timedelta(seconds=90), now)
+    assert ok and meta["age_s"] == 90
+    late, severity, _ = judge(now - dt.timedelta(minutes=5), now)
+    assert not late and severity == dg.AssetCheckSeverity.WARN
+    stale, severity, _ = judge(now - dt.timedelta(minutes=11), now)
+    assert not stale and severity == dg.AssetCheckSeverity.ERROR
+    never, severity, meta = judge(None, now)
+    assert not never and severity == dg.AssetCheckSeverity.ERROR
+
+
+def test_the_sensor_reports_window_freshness_from_the_windows_event_time(kafka, topic) -> None:
+    """Every tick, from the newest complete window the last refreshes recorded: fresh
+    after a refresh that saw a window end a minute ago, failing once it is 11 minutes."""
+    sensor = build_kafka_events_sensor(topic, interval_s=5, running_by_default=True)
+    with dg.instance_for_test() as instance:
+        first = evaluate(sensor, kafka, instance)
+        none_yet = first.asset_events[1]
+        assert none_yet.check_name == "windowed_aggregates_fresh_on_event_time"
+        assert not none_yet.passed
+        for minutes_ago in (30, 1):  # an old backfilled hour, then the live one
+            end = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes_ago)
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    "windowed_aggregates",
+                    partition=None,
+                    metadata={"newest_window_end": end.isoformat()},
+                )
+            )
+        fresh = evaluate(sensor, kafka, instance).asset_events[1]
+        assert fresh.passed, fresh.metadata
+        assert 60 <= fresh.metadata["age_s"].value < 90

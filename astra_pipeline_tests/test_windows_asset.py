@@ -118,6 +118,14 @@ def test_counts_match_the_clean_tables_by_an_independent_query(kafka, topic, war
     # A range run's result is stamped on every hour: no hour claims the run's totals as
     # its own row count, and per_partition gives each hour its own clean count.
     assert "dagster/row_count" not in metadata and "cleaned_events" not in metadata
+    # Event-time freshness: the end of the newest 1-minute window that has ended, by an
+    # independent query on the clean rows (a minute of a reading or user event).
+    newest_minute = warehouse.query(
+        "SELECT max(m) + INTERVAL 1 MINUTE FROM (SELECT date_trunc('minute', ts) AS m FROM "
+        "clean.sensor_readings UNION ALL SELECT date_trunc('minute', ts) FROM "
+        "clean.user_activity) WHERE m + INTERVAL 1 MINUTE <= now()"
+    ).item()
+    assert dt.datetime.fromisoformat(metadata["newest_window_end"].value) == newest_minute
     per_hour = warehouse.query(
         "SELECT date_trunc('hour', ts) AS h, count(*) AS n FROM (SELECT ts FROM "
         "clean.sensor_readings UNION ALL SELECT ts FROM clean.user_activity) GROUP BY 1"

@@ -42,6 +42,7 @@ def test_definitions_load_with_pinned_names() -> None:
         "cleaned_events_offsets_accounted",
         "dead_letter_events_rate",
         "windowed_aggregates_complete",
+        "windowed_aggregates_fresh_on_event_time",
         "windowed_aggregates_windows_in_partition",
         "windowed_aggregates_within_bounds",
         "windowed_aggregates_sessions_disjoint",

@@ -298,3 +298,26 @@ def record_partitions(
             f"SELECT w.* FROM {WINDOW_PARTITIONS} AS w JOIN _partition_stats AS s "
             "USING (partition_start) ORDER BY partition_start"
         )
+
+
+def newest_complete_window(
+    tx: WarehouseSession,
+    start: dt.datetime,
+    end: dt.datetime,
+    now: dt.datetime,
+    newest: dt.datetime | None,
+) -> dt.datetime | None:
+    """The later of ``newest`` and the end of the newest 1-minute window (sensor or user)
+    starting in [start, end) that has ended by ``now``."""
+    found = tx.scalar(
+        "SELECT greatest("
+        "(SELECT max(window_end) FROM agg.sensor_1m"
+        " WHERE window_start >= ? AND window_start < ? AND window_end <= ?),"
+        "(SELECT max(window_end) FROM agg.user_1m"
+        " WHERE window_start >= ? AND window_start < ? AND window_end <= ?))",
+        [start, end, now] * 2,
+    )
+    if found is None:
+        return newest
+    window_end: dt.datetime = found
+    return window_end if newest is None else max(newest, window_end)

@@ -11,11 +11,13 @@ partitions have lag and that has no run queued or in progress, tagged with the s
 (INGEST_SHARD_TAG): the run queue lets one run per shard tag go at a time.
 """
 
+import datetime as dt
 import hashlib
 
 import dagster as dg
 
 from astra_pipeline.assets.ingest import RAW_EVENTS
+from astra_pipeline.checks.freshness import freshness_evaluation
 from astra_pipeline.jobs import INGEST_JOB_NAME
 from astra_pipeline.run_tags import INGEST_SHARD_TAG
 from astra_pipeline.transforms.shards import shard_of
@@ -111,8 +113,10 @@ def build_kafka_events_sensor(
         # Every tick, for the UI's plots of raw_events (no run needed): messages not yet
         # ingested and the age of the oldest (read past the dev broker's trailing high
         # watermark, resources/lag_probe.py).
-        observations = [
-            dg.AssetObservation(asset_key=RAW_EVENTS, metadata=lag_observation(kafka, topic))
+        observations: list[dg.AssetObservation | dg.AssetCheckEvaluation] = [
+            dg.AssetObservation(asset_key=RAW_EVENTS, metadata=lag_observation(kafka, topic)),
+            # The windows' freshness on event time, judged every tick from the instance.
+            freshness_evaluation(context.instance, dt.datetime.now(dt.UTC)),
         ]
         run_requests = []
         if shards == 1:

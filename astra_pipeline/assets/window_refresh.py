@@ -30,6 +30,7 @@ from resources.window_store import (
     clean_rows_since,
     load_clean,
     load_clean_in,
+    newest_complete_window,
     partition_record,
     record_partitions,
     record_rollups,
@@ -99,6 +100,7 @@ def refresh_hours(
     warehouse.ensure_schema()
     rows: dict[str, int] = {}
     records = []
+    newest: dt.datetime | None = None
     mode = "full"
     rollups = "current"
     for chunk_start in hours[:: int(CHUNK / HOUR)]:
@@ -130,6 +132,7 @@ def refresh_hours(
                         refreshed = _refresh_in_full(tx, chunk_start, chunk_end, now)
                     written, stats, seen, rolled_up = refreshed
                     record = record_partitions(tx, stats, run_id, seen, now)
+                    newest = newest_complete_window(tx, chunk_start, chunk_end, now, newest)
                 break
             except CommitConflict:
                 if attempt == COMMIT_ATTEMPTS - 1:
@@ -162,6 +165,10 @@ def refresh_hours(
             "run_late_events": sum(p["late_events"] for p in partitions),
             "run_amended_partitions": sum(p["materializations"] > 1 for p in partitions),
         }
+    if newest is not None:
+        # Event-time freshness (checks/freshness.py): the end of the newest complete
+        # 1-minute window these hours hold.
+        metadata["newest_window_end"] = newest.isoformat()
     metadata.update(
         {
             "partitions": len(partitions),

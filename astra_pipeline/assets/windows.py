@@ -6,7 +6,6 @@ transaction per day of the range (assets/window_refresh.py). The live hour is re
 by the ingest run itself, which records that partition's materialization.
 """
 
-import datetime as dt
 import warnings
 
 import dagster as dg
@@ -45,9 +44,6 @@ class WindowsConfig(dg.Config):
     partitions_def=HOURLY,
     backfill_policy=dg.BackfillPolicy.single_run(),
     pool=WRITER_POOL,
-    freshness_policy=dg.FreshnessPolicy.time_window(
-        fail_window=dt.timedelta(minutes=10), warn_window=dt.timedelta(minutes=2)
-    ),
     description="Per device and user event-time windows (agg.sensor_1m, agg.sensor_1h, "
     "agg.sensor_5m_sliding, agg.user_1m, agg.user_1h, agg.user_sessions); "
     "a partition is one hour of event time.",
