@@ -32,6 +32,7 @@ from astra_pipeline.assets.scoring import CHURN_SCORES_KEY
 from astra_pipeline.assets.window_refresh import partition_key
 from astra_pipeline.assets.windows import HOURLY, WINDOWED_AGGREGATES
 from astra_pipeline.events import json_schema_text
+from astra_pipeline.progress import Progress
 from astra_pipeline.quick_sql import snapshot_arg
 from astra_pipeline.replay import ReplayError, load_repair, replay
 from astra_pipeline.simulator import ANOMALY_KINDS, Simulation, SimulatorConfig
@@ -142,6 +143,7 @@ def cmd_simulate(args: argparse.Namespace, settings: AstraSettings) -> int:
     began = time.monotonic()
     simulation = Simulation(config, total)
     interrupted = False
+    progress = Progress("astra simulate", "events", total, enabled=not args.no_progress)
     with kafka.producer() as producer:
         try:
             for index, message in enumerate(simulation):
@@ -153,10 +155,13 @@ def cmd_simulate(args: argparse.Namespace, settings: AstraSettings) -> int:
                 counts[message.kind] = counts.get(message.kind, 0) + 1
                 if index % 5_000 == 0:
                     producer.poll()
+                if index % 500 == 0:
+                    progress.update(index)
         except KeyboardInterrupt:
             # Ctrl-C (or astra dev stopping): what was sent is delivered, then a summary.
             interrupted = True
     produced = sum(counts.values())
+    progress.finish(produced, "interrupted" if interrupted else "")
     summary: dict[str, object] = {"produced": produced, "seed": seed, **counts}
     if interrupted:
         summary["interrupted"] = True
@@ -198,8 +203,11 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
         raise UsageError(f"--shard: {args.shard} is not one of 0..{shards - 1} (--shards {shards})")
     if args.shard is None and shards > 1:
         raise UsageError(f"--shard: which of the {shards} shards to ingest (0..{shards - 1})")
+    kafka = _kafka(settings, args.bootstrap)
+    backlog = kafka.lag_messages(settings.topic_raw)
+    progress = Progress("astra ingest", "events", backlog or None, enabled=not args.no_progress)
     totals = drain(
-        _kafka(settings, args.bootstrap),
+        kafka,
         _warehouse(settings),
         IngestConfig(
             topic=settings.topic_raw,
@@ -210,7 +218,11 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
             shard=args.shard or 0,
         ),
         run_id=None,
+        after_batch=lambda t: progress.update(
+            t.messages, f"lag left {max(0, backlog - t.messages):,}"
+        ),
     )
+    progress.finish(totals.messages, f"lag left {max(0, backlog - totals.messages):,}")
     sys.stdout.write(
         json.dumps(
             {
@@ -390,9 +402,17 @@ def cmd_backfill(args: argparse.Namespace, settings: AstraSettings) -> int:
         return 0
     deadline = time.monotonic() + args.wait
     status = api.backfill_status(backfill_id)
+    progress = Progress(
+        f"backfill {backfill_id}",
+        "partitions",
+        status.partitions or None,
+        enabled=not args.no_progress,
+    )
     while not status.finished and time.monotonic() < deadline:
+        progress.update(status.done, status.progress_note())
         time.sleep(1)
         status = api.backfill_status(backfill_id)
+    progress.finish(status.done, status.progress_note())
     print(f"backfill {backfill_id}: {status.status}")
     return 0 if status.status in ("COMPLETED", "COMPLETED_SUCCESS") else 1
 
@@ -489,6 +509,8 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
                     "--rate",
                     str(args.rate),
                     *DEV_STREAM_FLAWS,
+                    # Its terminal is dev's, shared with Dagster's lines: no bar there.
+                    "--no-progress",
                 ],
                 env=env,
                 start_new_session=True,
@@ -852,6 +874,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", type=_non_negative, default=0, metavar="SECONDS", help="wait for it to finish"
     )
     backfill.set_defaults(func=cmd_backfill)
+    for command in (sim, ingest, backfill):
+        command.add_argument(
+            "--no-progress",
+            action="store_true",
+            help="no progress on stderr (a bar on a terminal, else a line every 5 s)",
+        )
 
     deadletter = sub.add_parser("deadletter", help="inspect and replay dead letters")
     dl_sub = deadletter.add_subparsers(dest="deadletter_command", required=True)

@@ -337,6 +337,8 @@ def _run_readme(shell: Shell, commands: list[str], checkout: Path) -> None:
     done = shell.run(command(".venv/bin/astra backfill --last 12 --wait"), timeout_s=700)
     backfill_id = re.search(r"backfill (\S+):", done.stdout)
     assert backfill_id and "COMPLETED" in done.stdout, done.stdout
+    # Its progress on stderr: plain lines here (not a terminal), all 12 partitions done.
+    assert "12/12 partitions" in done.stderr.splitlines()[-1], done.stderr[-2000:]
     resume = command(".venv/bin/astra backfill --resume")
     done = subprocess.run(
         ["bash", "-c", resume.replace("<backfill id>", backfill_id.group(1))],

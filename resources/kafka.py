@@ -351,6 +351,17 @@ class KafkaResource(dg.ConfigurableResource):  # type: ignore[type-arg]
                 raise KafkaUnavailable(f"committed offsets of {topic}: {error}") from error
         return {tp.partition: (None if tp.offset < 0 else tp.offset) for tp in committed}
 
+    def lag_messages(self, topic: str) -> int:
+        """Messages of ``topic`` past this group's committed offsets (the true end, even
+        on the dev broker: resources/lag_probe.py)."""
+        from resources.lag_probe import LagProbe
+
+        probe = LagProbe(self.bootstrap_servers, self.consumer_group, topic, self.timeout_s)
+        try:
+            return sum(p.messages for p in probe.lag())
+        finally:
+            probe.close()
+
     def commit_offsets(self, topic: str, offsets: Mapping[int, int]) -> None:
         """Commit next offsets for the consumer group, without joining it."""
         if not offsets:

@@ -10,7 +10,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -116,11 +116,13 @@ def drain(
     run_id: str | None,
     log: dg.DagsterLogManager | None = None,
     totals: IngestTotals | None = None,
+    after_batch: Callable[[IngestTotals], None] | None = None,
 ) -> IngestTotals:
     """Ingest batches from the ledger's next offsets until EOF or the time budget.
 
     ``totals`` (if given) is filled batch by batch, so after an error the caller still
-    knows what was committed."""
+    knows what was committed; ``after_batch`` is told after each committed batch (the
+    CLI's progress)."""
     warehouse.ensure_schema()
     totals = IngestTotals() if totals is None else totals
     deadline = time.monotonic() + config.time_budget_s
@@ -203,6 +205,8 @@ def drain(
                     log.info(
                         f"batch {totals.batches}: {batch.size} messages, eof={batch.reached_eof}"
                     )
+                if after_batch:
+                    after_batch(totals)
             else:
                 # Mirror the ledger in the consumer group when there was nothing new: after
                 # a crash between the DuckDB and the Kafka commit this repairs the group.
