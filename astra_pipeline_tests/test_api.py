@@ -507,6 +507,7 @@ def test_a_stopped_broker_gives_503_and_nothing_reported_accepted(
         "ASTRA_LAKE_CATALOG": lake_catalog,
         "ASTRA_LAKE_DATA_PATH": str(tmp_path / "lake"),
         "ASTRA_API_KAFKA_TIMEOUT_S": "3",
+        "ASTRA_API_PRODUCER_QUEUE_MESSAGES": "1000",
     }
     api = ApiProcess(env, tmp_path / "api.log")
     try:
@@ -526,6 +527,11 @@ def test_a_stopped_broker_gives_503_and_nothing_reported_accepted(
         finally:
             consumer.close()
         assert set(acked) <= stored
+        # More than the producer may hold unacknowledged: refused whole, at once.
+        flood = [reading("dev-s", now, 20.0, n=i) for i in range(1001)]
+        full = httpx.post(f"{api.url}/v1/events", json=flood, timeout=30)
+        assert full.status_code == 503 and full.json()["error"] == "Kafka producer queue full"
+        assert full.headers["retry-after"]
         own.stop()
         during = httpx.post(f"{api.url}/v1/events", json=events[:5], timeout=60)
         assert during.status_code == 503, during.text
