@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from resources.broker import EmbeddedBroker
 from resources.embedded_postgres import EmbeddedPostgres
 from resources.kafka import KafkaResource
 from resources.serving import PostgresServingResource
+from resources.serving_reads import READ_INDEXES
 from resources.warehouse import DuckDBWarehouseResource
 
 RATE_PER_S = 100
@@ -126,9 +128,9 @@ def stack(
         "ASTRA_API_RATE_LIMIT_PER_S": str(RATE_PER_S),
         "ASTRA_API_MAX_BODY_BYTES": str(256 * 1024),
     }
+    serve_tables(PostgresServingResource(url=pg))  # before the API: it indexes them
     running = Stack(ApiProcess(env, folder / "api.log"), env, keys, pg)
     running.warehouse().ensure_schema()
-    serve_tables(PostgresServingResource(url=pg))
     try:
         running.api.wait_ready()
         yield running
@@ -228,6 +230,22 @@ def test_windows_sessions_churn_and_alerts_equal_sql_on_the_serving_tables(stack
         )
         assert want
         _same_rows(got, want)
+
+
+def test_the_api_adds_its_read_indexes_to_the_serving_tables(stack: Stack) -> None:
+    want = {
+        (f"{schema}.{table}", f"api_{table}_{'_'.join(columns)}")
+        for schema, table, columns in READ_INDEXES
+    }
+    got: set[tuple[str, str]] = set()
+    deadline = time.monotonic() + 30
+    while got != want and time.monotonic() < deadline:
+        got = {
+            (f"{r['schemaname']}.{r['tablename']}", r["indexname"])
+            for r in stack.sql("SELECT * FROM pg_indexes WHERE starts_with(indexname, 'api_')")
+        }
+        time.sleep(0.5)
+    assert got == want
 
 
 def test_unknown_ids_are_404_and_bad_ranges_400(stack: Stack) -> None:

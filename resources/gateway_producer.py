@@ -11,8 +11,9 @@ on one polling thread and are handed to the event loop that awaits them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -29,7 +30,8 @@ class ProducerBusy(AstraResourceError):
 class GatewayMessage:
     key: bytes
     value: bytes
-    headers: Sequence[tuple[str, bytes]]
+    headers: list[tuple[str, str | bytes | None]]
+    """Shared by a request's messages (one list, not one per message)."""
 
 
 @dataclass(frozen=True)
@@ -78,30 +80,31 @@ class GatewayProducer:
         return len(self._producer)
 
     async def send(self, messages: Sequence[GatewayMessage]) -> list[Delivered | NotDelivered]:
-        """Produce every message and wait for each one's acknowledgement."""
+        """Produce every message and wait for each one's acknowledgement (one future for
+        the request, settled by its last delivery report)."""
         if self.queued() + len(messages) > self.queue_limit:
             raise ProducerBusy(
                 f"the producer holds {self.queued()} unacknowledged messages "
                 f"(limit {self.queue_limit})"
             )
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Delivered | NotDelivered]] = []
-        for message in messages:
-            future: asyncio.Future[Delivered | NotDelivered] = loop.create_future()
+        if not messages:
+            return []
+        batch = _Batch(asyncio.get_running_loop(), len(messages))
+        produce = self._producer.produce
+        for index, message in enumerate(messages):
             try:
-                self._producer.produce(
+                produce(
                     self.topic,
                     value=message.value,
                     key=message.key,
-                    headers=list(message.headers),
-                    on_delivery=_settle(loop, future),
+                    headers=message.headers,
+                    on_delivery=functools.partial(batch.delivered, index),
                 )
             except BufferError:
                 raise ProducerBusy("the producer's queue is full") from None
             except KafkaException as error:
                 raise KafkaUnavailable(f"producing to {self.topic}: {error}") from None
-            futures.append(future)
-        return list(await asyncio.gather(*futures))
+        return await batch.future
 
     def topic_partitions(self, timeout_s: float) -> int:
         """How many partitions the topic has, from the brokers' metadata (readiness)."""
@@ -120,22 +123,29 @@ class GatewayProducer:
         self._poller.join(timeout=5)
 
 
-def _settle(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Delivered | NotDelivered]
-) -> Callable[[KafkaError | None, Message], None]:
-    def delivered(error: KafkaError | None, message: Message) -> None:
-        result: Delivered | NotDelivered = (
+class _Batch:
+    """The delivery reports of one request's messages; its future is settled, on the
+    event loop, when the last one arrived (reports come from the one polling thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int) -> None:
+        self._loop = loop
+        self.results: list[Delivered | NotDelivered] = [NotDelivered("no report")] * size
+        self._left = size
+        self._lock = threading.Lock()
+        self.future: asyncio.Future[list[Delivered | NotDelivered]] = loop.create_future()
+
+    def delivered(self, index: int, error: KafkaError | None, message: Message) -> None:
+        self.results[index] = (
             NotDelivered(error.str())
             if error is not None
             else Delivered(message.partition() or 0, message.offset() or 0)
         )
-        loop.call_soon_threadsafe(_resolve, future, result)
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._loop.call_soon_threadsafe(self._settle)
 
-    return delivered
-
-
-def _resolve(
-    future: asyncio.Future[Delivered | NotDelivered], result: Delivered | NotDelivered
-) -> None:
-    if not future.done():
-        future.set_result(result)
+    def _settle(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self.results)

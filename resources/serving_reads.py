@@ -73,6 +73,18 @@ class ServingReader:
         except psycopg.Error as error:
             raise ReadUnavailable(f"serving database: {' '.join(str(error).split())}") from None
 
+    def execute(self, statement: str | sql.Composed) -> None:
+        """A statement without rows (DDL), in its own autocommit transaction."""
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(statement)
+        except PoolTimeout:
+            raise ReadUnavailable(
+                f"no serving database connection within {self._timeout_s:.0f}s"
+            ) from None
+        except psycopg.Error as error:
+            raise ReadUnavailable(f"serving database: {' '.join(str(error).split())}") from None
+
     def ping(self) -> None:
         self.rows("SELECT 1")
 
@@ -85,7 +97,7 @@ class ServingReader:
             exists = self.rows("SELECT to_regclass(%s) AS t", (f"{schema}.{table}",))
             if not exists or exists[0]["t"] is None:
                 continue
-            self.rows(
+            self.execute(
                 sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} ({})").format(
                     sql.Identifier(name),
                     sql.Identifier(schema, table),
