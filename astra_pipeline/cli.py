@@ -204,7 +204,10 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
     if args.shard is None and shards > 1:
         raise UsageError(f"--shard: which of the {shards} shards to ingest (0..{shards - 1})")
     kafka = _kafka(settings, args.bootstrap)
-    backlog = kafka.lag_messages(settings.topic_raw)
+    try:
+        backlog = kafka.lag_messages(settings.topic_raw)
+    except AstraResourceError:
+        backlog = 0  # no total to show; drain reports what is wrong, in its own order
     progress = Progress("astra ingest", "events", backlog or None, enabled=not args.no_progress)
     totals = drain(
         kafka,
@@ -218,11 +221,9 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
             shard=args.shard or 0,
         ),
         run_id=None,
-        after_batch=lambda t: progress.update(
-            t.messages, f"lag left {max(0, backlog - t.messages):,}"
-        ),
+        after_batch=lambda t: progress.update(t.messages, _lag_left(backlog, t.messages)),
     )
-    progress.finish(totals.messages, f"lag left {max(0, backlog - totals.messages):,}")
+    progress.finish(totals.messages, _lag_left(backlog, totals.messages))
     sys.stdout.write(
         json.dumps(
             {
@@ -238,6 +239,11 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
         + "\n"
     )
     return 0
+
+
+def _lag_left(backlog: int, done: int) -> str:
+    """What is left of the backlog measured at the start (nothing when it is unknown)."""
+    return f"lag left {max(0, backlog - done):,}" if backlog else ""
 
 
 def cmd_sql(args: argparse.Namespace, settings: AstraSettings) -> int:

@@ -72,12 +72,11 @@ class LagProbe:
         self._consumer.assign([TopicPartition(self.topic, partition, high - 1)])
         end = high
         try:
+            # Until the end-of-partition event: a first fetch on a loaded machine can
+            # take longer than one consume's wait.
             deadline = time.monotonic() + self._timeout_s
             while time.monotonic() < deadline:
-                messages = self._consumer.consume(10_000, 0.5)
-                if not messages:
-                    break
-                for message in messages:
+                for message in self._consumer.consume(10_000, 0.2):
                     if message.error() is not None:  # end of the partition
                         return end
                     end = max(end, (message.offset() or 0) + 1)
