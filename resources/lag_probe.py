@@ -37,6 +37,9 @@ class LagProbe:
                 "group.id": group,  # only to read its committed offsets: never commits
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
+                # It reads one message, or one batch: small fetches, answered at once.
+                "fetch.wait.max.ms": 10,
+                "max.partition.fetch.bytes": 65_536,
                 "log_level": 3,
                 "logger": LIBRDKAFKA_LOG,
             }
@@ -74,12 +77,15 @@ class LagProbe:
         try:
             # Until the end-of-partition event: a first fetch on a loaded machine can
             # take longer than one consume's wait.
+            # poll, not consume(n): consume waits out its timeout unless n messages came.
             deadline = time.monotonic() + self._timeout_s
             while time.monotonic() < deadline:
-                for message in self._consumer.consume(10_000, 0.2):
-                    if message.error() is not None:  # end of the partition
-                        return end
-                    end = max(end, (message.offset() or 0) + 1)
+                message = self._consumer.poll(0.2)
+                if message is None:
+                    continue
+                if message.error() is not None:  # end of the partition
+                    return end
+                end = max(end, (message.offset() or 0) + 1)
         finally:
             self._consumer.unassign()
         return end

@@ -72,25 +72,44 @@ class HttpMetrics:
 
 
 class _Cached:
-    """A source's last reading, refreshed at most every CACHE_S seconds."""
+    """A source's last reading. A scrape never waits for a slow source: once the reading
+    is older than CACHE_S, one background refresh starts and the scrape answers with the
+    last reading (only the very first scrape waits for one)."""
 
     def __init__(self, name: str, read: Callable[[], Any]) -> None:
         self.name = name
         self._read = read
         self._value: Any = None
-        self._at = 0.0
         self._ok = False
+        self._at = float("-inf")
+        self._refreshing = False
         self._lock = threading.Lock()
+        self._first = threading.Event()
+
+    def _refresh(self) -> None:
+        try:
+            value, ok = self._read(), True
+        except Exception as error:  # reported as source_up 0
+            LOG.warning("metrics source %s: %s", self.name, error)
+            value, ok = None, False
+        with self._lock:
+            if ok:
+                self._value = value
+            self._ok = ok
+            self._at = time.monotonic()
+            self._refreshing = False
+        self._first.set()
 
     def get(self) -> tuple[bool, Any]:
         with self._lock:
-            if time.monotonic() - self._at >= CACHE_S:
-                try:
-                    self._value, self._ok = self._read(), True
-                except Exception as error:  # reported as source_up 0, logged once a read
-                    LOG.warning("metrics source %s: %s", self.name, error)
-                    self._ok = False
-                self._at = time.monotonic()
+            stale = time.monotonic() - self._at >= CACHE_S
+            start = stale and not self._refreshing
+            if start:
+                self._refreshing = True
+        if start:
+            threading.Thread(target=self._refresh, name=f"metrics-{self.name}", daemon=True).start()
+        self._first.wait()
+        with self._lock:
             return self._ok, self._value
 
 
