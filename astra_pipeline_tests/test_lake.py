@@ -410,3 +410,20 @@ def _clean_count(warehouse: DuckDBWarehouseResource) -> int:
             "(SELECT count(*) FROM clean.user_activity)"
         ).item()
     )
+
+
+def test_a_catalog_serialization_failure_counts_as_a_commit_conflict() -> None:
+    """Postgres' refusal of a concurrent update (SQLSTATE 40001), as DuckLake reports it
+    from its catalog (seen in a dev session: maintenance's flush of inlined data while a
+    refresh committed), is retried like DuckLake's own conflicts."""
+    import duckdb
+
+    from resources.lake import is_commit_conflict
+
+    seen = duckdb.Error(
+        "Failed to delete flushed inlined data in DuckLake from table ducklake_inlined_data_38_2"
+        ': Failed to execute query "DELETE ...": ERROR:  could not serialize access due to '
+        "concurrent update"
+    )
+    assert is_commit_conflict(seen)
+    assert not is_commit_conflict(duckdb.Error("Catalog Error: Table with name x does not exist"))

@@ -37,7 +37,11 @@ LAKE = "lake"
 """The name the lake is attached under in every connection."""
 
 
-_CONFLICT = re.compile(r"conflict", re.IGNORECASE)
+# DuckLake's own conflicts, and the catalog's: Postgres refuses a serializable change
+# of a row another transaction changed ("could not serialize access", SQLSTATE 40001;
+# seen when maintenance flushed inlined data while a refresh committed). Nothing of the
+# transaction was kept either way: it is run again.
+_CONFLICT = re.compile(r"conflict|could not serialize access", re.IGNORECASE)
 
 
 def is_commit_conflict(error: duckdb.Error) -> bool:
