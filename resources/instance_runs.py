@@ -35,7 +35,8 @@ class SettledRuns:
     finished: int
     """Runs that were in flight and ended by themselves."""
     canceled: int
-    """Runs terminated or canceled because they did not end in time."""
+    """Runs terminated or canceled because they did not end in time (whatever status
+    the termination left them in)."""
     failed: tuple[str, ...]
     """One line per run of the instance that failed (the session's whole history: a dev
     instance lives as long as its session): its id, job and first error line."""
@@ -58,11 +59,16 @@ def settle_runs(home: Path, finish_s: float = 30.0, cancel_s: float = 20.0) -> S
         while _in_flight(instance) and time.monotonic() < deadline:
             time.sleep(0.5)
         canceled = {run.run_id for run in left}
+        # A run this stop terminated can end as failed rather than canceled (its worker
+        # killed before it reported: "marked as failed from outside the execution
+        # context"): it is one of the `canceled`, ended by the stop, not a failure of
+        # the session's work.
         failed = tuple(
             _failure_line(instance, run)
             for run in instance.get_runs(
                 filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])
             )
+            if run.run_id not in canceled
         )
         return SettledRuns(finished=len(waiting - canceled), canceled=len(canceled), failed=failed)
 
