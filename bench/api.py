@@ -70,13 +70,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench_util import TICKS, fmt, log, proc_cpu
+
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## astra api (gateway and read API)"
 END_MARK = "<!-- end of bench/api.py output: notes below this line are kept on rewrite -->"
 PARTITIONS = 6
 BATCH = 500
 MARK = "@@@@@@@@@@@@"  # replaced per batch: distinct event ids in every request
-TICKS = os.sysconf("SC_CLK_TCK")
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)  # the read tables' first minute / day
 TARGET_BATCH = 50_000
 TARGET_SINGLE_P99_MS = 25.0
@@ -89,25 +90,6 @@ READ_KINDS = {  # read load -> the serving tables it queries
     "alerts": ("alerts",),
     "churn": ("churn_scores", "user_churn"),
 }
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def fmt(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def proc_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) of ``pid`` (and of its reaped children)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / TICKS
 
 
 def machine_busy() -> float:

@@ -38,7 +38,6 @@ import os
 import pstats
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bench_util import DRAIN_CHILD, fmt, free_port, log, percentile
 from ingest import PARTITIONS, machine, new_topic, raw_consume, simulate
 
 from astra_pipeline.assets.ingest import IngestConfig, IngestTotals, drain
@@ -73,42 +73,6 @@ WINDOW_SQL = (
     "FROM clean.sensor_readings WHERE ts >= (SELECT max(ts) - INTERVAL 10 MINUTE "
     "FROM clean.sensor_readings) GROUP BY ALL"
 )
-
-CHILD = r"""
-import json, sys, time
-from astra_pipeline.assets.ingest import IngestConfig, drain
-from resources.kafka import KafkaResource
-from resources.warehouse import DuckDBWarehouseResource
-servers, group, topic, dlq, catalog, data_path, schema, batch = sys.argv[1:9]
-kafka = KafkaResource(bootstrap_servers=servers, consumer_group=group)
-warehouse = DuckDBWarehouseResource(lake_catalog=catalog, lake_data_path=data_path,
-                                    lake_metadata_schema=schema)
-config = IngestConfig(topic=topic, deadletter_topic=dlq, max_batch_size=int(batch),
-                      time_budget_s=3600)
-print("start", flush=True)
-t0 = time.perf_counter()
-totals = drain(kafka, warehouse, config, run_id=None)
-seconds = time.perf_counter() - t0
-print(json.dumps({"messages": totals.messages, "batches": totals.batches,
-                  "reached_eof": totals.reached_eof, "seconds": seconds}), flush=True)
-"""
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100): with few samples p99 is the maximum."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil
-    return ordered[int(rank) - 1]
 
 
 def latency(values: list[float]) -> dict[str, float]:
@@ -223,7 +187,7 @@ def start_lake_child(
         [
             sys.executable,
             "-c",
-            CHILD,
+            DRAIN_CHILD,
             servers,
             f"lake-conc-{uuid.uuid4().hex[:6]}",
             topic,
@@ -428,10 +392,6 @@ def profile(
 
 
 # -- main ---------------------------------------------------------------------------
-
-
-def fmt(value: float) -> str:
-    return f"{value:,.0f}"
 
 
 def files_detail(files: dict[str, Any]) -> str:

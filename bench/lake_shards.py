@@ -39,8 +39,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench_util import fmt, free_port, log, proc_cpu
 from ingest import PARTITIONS, machine, new_topic, raw_consume, simulate
-from lake import Lakes, free_port, lake_env
+from lake import Lakes, lake_env
 
 from resources.broker import EmbeddedBroker
 from resources.embedded_postgres import EmbeddedPostgres
@@ -51,27 +52,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ASTRA = ROOT / ".venv" / "bin" / "astra"
 BATCH = 100_000
 SECTION = "## Ingest shards on a lake"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def fmt(value: float) -> str:
-    return f"{value:,.0f}"
-
-
-def proc_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) of ``pid`` and of its children it has reaped."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    # After the ")": state is field 3, utime..cstime are fields 14..17.
-    return sum(int(x) for x in fields[11:15]) / TICKS
 
 
 def postmaster_pid(postgres: EmbeddedPostgres) -> int | None:

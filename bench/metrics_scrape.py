@@ -70,6 +70,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
+from bench_util import DRAIN_CHILD, fmt, log, percentile, proc_cpu
 from ingest import PARTITIONS, machine, new_topic, simulate
 
 from resources.broker import EmbeddedBroker
@@ -91,49 +92,11 @@ TARGET_P99_S = 0.200
 # one condition): a difference smaller than the run's own noise is not measurable.
 SLOWDOWN_FLOOR = 0.03
 CACHE_S = 5.0  # astra_pipeline.api.metrics.CACHE_S (not imported: keep the API's modules out)
-TICKS = os.sysconf("SC_CLK_TCK")
 METADATA_SCHEMA = "astra_lake"
-
-CHILD = r"""
-import json, sys, time
-from astra_pipeline.assets.ingest import IngestConfig, drain
-from resources.kafka import KafkaResource
-from resources.warehouse import DuckDBWarehouseResource
-servers, group, topic, dlq, catalog, data_path, schema, batch = sys.argv[1:9]
-kafka = KafkaResource(bootstrap_servers=servers, consumer_group=group)
-warehouse = DuckDBWarehouseResource(lake_catalog=catalog, lake_data_path=data_path,
-                                    lake_metadata_schema=schema)
-config = IngestConfig(topic=topic, deadletter_topic=dlq, max_batch_size=int(batch),
-                      time_budget_s=3600)
-print("start", flush=True)
-t0 = time.perf_counter()
-totals = drain(kafka, warehouse, config, run_id=None)
-seconds = time.perf_counter() - t0
-print(json.dumps({"messages": totals.messages, "batches": totals.batches,
-                  "sensor_readings": totals.sensor_readings,
-                  "user_activity": totals.user_activity,
-                  "dead_letters": totals.dead_letters, "duplicates": totals.duplicates,
-                  "reached_eof": totals.reached_eof, "seconds": seconds}), flush=True)
-"""
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def fmt(value: float) -> str:
-    return f"{value:,.0f}"
 
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:,.0f} ms" if seconds >= 0.01 else f"{seconds * 1000:.1f} ms"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100): with fewer than 100 samples p99 is the max."""
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(rank) - 1]
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -147,17 +110,6 @@ def stats(values: list[float]) -> dict[str, float]:
         "max": max(values),
         "mean": statistics.fmean(values),
     }
-
-
-def proc_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) of ``pid`` (all its threads) and its reaped children."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / TICKS
 
 
 def other_benches() -> list[str]:
@@ -365,7 +317,7 @@ class Lab:
             [
                 sys.executable,
                 "-c",
-                CHILD,
+                DRAIN_CHILD,
                 self.servers,
                 group,
                 self.topic,
