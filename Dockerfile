@@ -30,8 +30,8 @@ COPY workspace.compose.yaml ./workspace.compose.yaml
 
 # Named volumes take the owner of these folders on first mount: the user can write them.
 RUN useradd --create-home --uid 10001 astra \
-    && mkdir -p /data ${DAGSTER_HOME}/storage \
-    && chown -R astra:astra /data ${DAGSTER_HOME}
+    && mkdir -p ${DAGSTER_HOME}/storage \
+    && chown -R astra:astra ${DAGSTER_HOME}
 USER astra
 
 EXPOSE 4000

@@ -75,9 +75,9 @@ def _kafka(settings: AstraSettings, bootstrap: str | None = None) -> KafkaResour
     )
 
 
-def _warehouse(settings: AstraSettings, path: str | None = None) -> DuckDBWarehouseResource:
-    """The warehouse every command uses: the settings' lake, or their file (or ``path``)."""
-    return warehouse_from_settings(settings, path=path, resolve_secrets=True)
+def _warehouse(settings: AstraSettings) -> DuckDBWarehouseResource:
+    """The warehouse every command uses: the settings' lake."""
+    return warehouse_from_settings(settings, resolve_secrets=True)
 
 
 def cmd_schema(args: argparse.Namespace, settings: AstraSettings) -> int:
@@ -197,8 +197,6 @@ def cmd_ingest(args: argparse.Namespace, settings: AstraSettings) -> int:
     from astra_pipeline.assets.ingest import IngestConfig, drain
 
     shards = args.shards or settings.ingest_shards
-    if shards > 1 and not settings.lake_catalog:
-        raise UsageError("--shards: more than one shard needs a lake (ASTRA_LAKE_CATALOG)")
     if args.shard is not None and args.shard >= shards:
         raise UsageError(f"--shard: {args.shard} is not one of 0..{shards - 1} (--shards {shards})")
     if args.shard is None and shards > 1:
@@ -249,7 +247,7 @@ def _lag_left(backlog: int, done: int) -> str:
 def cmd_sql(args: argparse.Namespace, settings: AstraSettings) -> int:
     if not args.query.strip():
         raise UsageError('give a query, e.g. astra sql "SELECT count(*) FROM raw.events"')
-    warehouse = _warehouse(settings, args.db)
+    warehouse = _warehouse(settings)
     if args.at is None:
         frame = warehouse.query(args.query)
     else:
@@ -445,8 +443,8 @@ def cmd_dev(args: argparse.Namespace, settings: AstraSettings) -> int:
     """Embedded broker and Postgres + simulator + `dg dev`, on local files; Ctrl-C stops
     all. The terminal shows the runs' INFO lines (batches, events/s, refreshes, alerts)
     and Dagster's warnings; --debug adds every step event and Dagster's INFO lines."""
-    # Beside the warehouse, relative to where it runs (the repository root for `make
-    # dev`), like ASTRA_DUCKDB_PATH: one checkout can hold one dev session per folder.
+    # Relative to where it runs (the repository root for `make dev`): one checkout can
+    # hold one dev session per folder.
     data = Path("data", "dev").resolve()
     home = Path(".dagster_home").resolve()
     # The embedded broker keeps nothing across restarts, so a ledger from an earlier
@@ -847,7 +845,6 @@ def build_parser() -> argparse.ArgumentParser:
         "binary columns print as hex",
     )
     sql.add_argument("--max-rows", type=_positive_int, default=50)
-    sql.add_argument("--db", help="override ASTRA_DUCKDB_PATH")
     sql.add_argument(
         "--at",
         type=snapshot_arg,

@@ -133,9 +133,7 @@ class _LakeParts(NamedTuple):
 
 
 def _lake_maintenance(settings: AstraSettings) -> _LakeParts:
-    """With a lake (ASTRA_LAKE_CATALOG): the maintenance asset, its job and schedule."""
-    if not settings.lake_catalog:
-        return _LakeParts([], [], [])
+    """The lake's maintenance asset, its job and schedule."""
     return _LakeParts(
         assets=[
             build_lake_files(

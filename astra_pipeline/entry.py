@@ -1,4 +1,4 @@
-"""The `astra` command: `astra sql` on a lake starts without Dagster (quick_sql), every
+"""The `astra` command: `astra sql` starts without Dagster (quick_sql), every
 other command is the full CLI (cli.py). Ctrl-C at any moment, even while the CLI is
 still importing, ends it with exit code 130 and one line, not a traceback."""
 

@@ -1,11 +1,11 @@
-"""`astra sql` on a lake without importing Dagster.
+"""`astra sql` without importing Dagster.
 
 The command analysts run most is also the one whose time is mostly start-up: the full
-CLI imports Dagster (about a second) before it opens anything. On a lake this path opens
-the lake with DuckDB alone (settings, the lake's location and secrets, one read-only
-attach, the query, the table) and leaves everything else to the full CLI: a DuckDB file
-(``--db`` or no ASTRA_LAKE_CATALOG), ``--help``, and any argument it does not accept, so
-the messages and exit codes are the full CLI's.
+CLI imports Dagster (about a second) before it opens anything. This path opens the lake
+with DuckDB alone (settings, the lake's location and secrets, one read-only attach, the
+query, the table) and leaves everything else to the full CLI: no lake configured,
+``--help``, and any argument it does not accept, so the messages and exit codes are the
+full CLI's.
 """
 
 from __future__ import annotations
@@ -61,14 +61,13 @@ def run(argv: Sequence[str]) -> int | None:
     parser.add_argument("query")
     parser.add_argument("--format", choices=FORMATS, default="table")
     parser.add_argument("--max-rows", type=_rows, default=50)
-    parser.add_argument("--db")
     parser.add_argument("--at", type=snapshot_arg)
     try:
         args = parser.parse_args(list(argv))
         settings = AstraSettings.from_env()
     except (_NotHere, SettingsError):
         return None
-    if args.db or not settings.lake_catalog or not args.query.strip():
+    if not settings.lake_catalog or not args.query.strip():
         return None
     secrets = {k: str(v) for k, v in lake_secret_sources(resolve=True).items()}
     location = lake_location(settings, secrets)
@@ -77,7 +76,7 @@ def run(argv: Sequence[str]) -> int | None:
     try:
         con = open_lake(location, read_only=True)
         try:
-            frame = WarehouseSession(con, True).query(args.query)
+            frame = WarehouseSession(con).query(args.query)
         finally:
             con.close()
     except AstraResourceError as error:

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from astra_pipeline_tests.helpers import make_lake
 from resources.broker import EmbeddedBroker
 from resources.embedded_postgres import EmbeddedPostgres
 from resources.kafka import KafkaResource
@@ -57,19 +57,20 @@ def lake_catalog(embedded_postgres: EmbeddedPostgres) -> str:
 
 
 @pytest.fixture
-def lake_warehouse(tmp_path: Path, lake_catalog: str) -> DuckDBWarehouseResource:
-    """A fresh DuckLake: its catalog a new schema of the embedded Postgres, its files a
-    temporary folder."""
-    return DuckDBWarehouseResource(
-        lake_catalog=lake_catalog,
-        lake_data_path=str(tmp_path / "lake"),
-        lake_metadata_schema=f"lake_{uuid.uuid4().hex[:12]}",
-    )
+def new_lake(tmp_path: Path, lake_catalog: str) -> Callable[[], DuckDBWarehouseResource]:
+    """Makes fresh DuckLakes: each its catalog a new schema of the embedded Postgres, its
+    files a new temporary folder."""
+
+    return lambda: make_lake(lake_catalog, tmp_path)
 
 
 @pytest.fixture
-def warehouse(tmp_path: Path, request: pytest.FixtureRequest) -> DuckDBWarehouseResource:
-    if os.environ.get("ASTRA_TEST_WAREHOUSE") == "lake":
-        lake: DuckDBWarehouseResource = request.getfixturevalue("lake_warehouse")
-        return lake
-    return DuckDBWarehouseResource(path=str(tmp_path / "astra.duckdb"), lock_timeout_s=5)
+def lake_warehouse(new_lake: Callable[[], DuckDBWarehouseResource]) -> DuckDBWarehouseResource:
+    """A fresh DuckLake (see new_lake)."""
+    return new_lake()
+
+
+@pytest.fixture
+def warehouse(lake_warehouse: DuckDBWarehouseResource) -> DuckDBWarehouseResource:
+    """The test's warehouse: a fresh lake (the only storage path)."""
+    return lake_warehouse

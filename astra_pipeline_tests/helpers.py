@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from astra_pipeline.simulator import SimulatorConfig, generate
 from resources.kafka import KafkaResource
 from resources.settings import AstraSettings
+from resources.tables import TABLES
 from resources.warehouse import DuckDBWarehouseResource
 
 
@@ -59,8 +61,36 @@ def settings_for(
         topic_raw=topic,
         topic_deadletter=f"{topic}_dlq",
         consumer_group=kafka.consumer_group,
-        duckdb_path=Path(warehouse.path),
+        **lake_fields(warehouse),
     )
+
+
+def lake_fields(warehouse: DuckDBWarehouseResource) -> dict[str, str]:
+    """The settings (AstraSettings fields) that name ``warehouse``."""
+    return {
+        "lake_catalog": warehouse.lake_catalog,
+        "lake_data_path": warehouse.lake_data_path,
+        "lake_metadata_schema": warehouse.lake_metadata_schema,
+    }
+
+
+def copy_lake(source: DuckDBWarehouseResource, target: DuckDBWarehouseResource) -> None:
+    """Every table's rows of ``source`` into the new lake ``target`` (a test that alters
+    rows works on a copy of a lake other tests share)."""
+    target.ensure_schema()
+    with source.session(read_only=True) as reader, target.transaction() as tx:
+        for table in TABLES:
+            tx.execute(f"DELETE FROM {table}")  # the turn tables' initial rows
+            tx.append(table, reader.frame(f"SELECT * FROM {table}"))
+
+
+def lake_env(warehouse: DuckDBWarehouseResource) -> dict[str, str]:
+    """The environment variables that name ``warehouse`` to another process."""
+    return {
+        "ASTRA_LAKE_CATALOG": warehouse.lake_catalog,
+        "ASTRA_LAKE_DATA_PATH": warehouse.lake_data_path,
+        "ASTRA_LAKE_METADATA_SCHEMA": warehouse.lake_metadata_schema,
+    }
 
 
 def counts(warehouse: DuckDBWarehouseResource) -> dict[str, Any]:
@@ -95,3 +125,21 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def lake_of(env: dict[str, str]) -> DuckDBWarehouseResource:
+    """The lake an environment (lake_env's variables) names."""
+    return DuckDBWarehouseResource(
+        lake_catalog=env["ASTRA_LAKE_CATALOG"],
+        lake_data_path=env["ASTRA_LAKE_DATA_PATH"],
+        lake_metadata_schema=env["ASTRA_LAKE_METADATA_SCHEMA"],
+    )
+
+
+def make_lake(catalog: str, folder: Path) -> DuckDBWarehouseResource:
+    """A fresh DuckLake: a new schema of ``catalog``, its files in a new folder of
+    ``folder``."""
+    name = f"lake_{uuid.uuid4().hex[:12]}"
+    return DuckDBWarehouseResource(
+        lake_catalog=catalog, lake_data_path=str(folder / name), lake_metadata_schema=name
+    )

@@ -20,7 +20,7 @@ import pytest
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.assets.window_refresh import partition_key
 from astra_pipeline.simulator import SimulatorConfig, generate
-from astra_pipeline_tests.helpers import stop_process_group
+from astra_pipeline_tests.helpers import lake_env, stop_process_group
 from resources.broker import free_port
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -30,8 +30,8 @@ HOURS = 3
 
 
 @pytest.fixture
-def ingested(kafka, topic, tmp_path: Path) -> tuple[DuckDBWarehouseResource, str, str]:
-    """Clean rows for the last HOURS hours in a DuckDB file; no aggregates yet."""
+def ingested(kafka, topic, warehouse) -> tuple[DuckDBWarehouseResource, str, str]:
+    """Clean rows for the last HOURS hours in a lake; no aggregates yet."""
     now = dt.datetime.now(dt.UTC)
     config = SimulatorConfig(
         devices=10,
@@ -41,7 +41,6 @@ def ingested(kafka, topic, tmp_path: Path) -> tuple[DuckDBWarehouseResource, str
         events_per_second=3_000 / (HOURS * 3600),
     )
     kafka.produce_all(topic, ((m.key, m.value) for m in generate(config, 3_000)))
-    warehouse = DuckDBWarehouseResource(path=str(tmp_path / "astra.duckdb"), lock_timeout_s=10)
     drain(kafka, warehouse, IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq"), None)
     first = (now - dt.timedelta(hours=HOURS)).replace(minute=0, second=0, microsecond=0)
     last = now.replace(minute=0, second=0, microsecond=0)
@@ -55,7 +54,7 @@ def instance_env(tmp_path: Path, warehouse: DuckDBWarehouseResource, kafka) -> d
     return {
         **os.environ,
         "DAGSTER_HOME": str(home),
-        "ASTRA_DUCKDB_PATH": warehouse.path,
+        **lake_env(warehouse),
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         # Only the backfill runs here: no sensor-triggered ingest or refresh runs.
         "ASTRA_SENSOR_RUNNING_BY_DEFAULT": "false",

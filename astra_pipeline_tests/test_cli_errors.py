@@ -39,7 +39,6 @@ def one_line(args: list[str], capfd: pytest.CaptureFixture[str]) -> str:
         (["sql", "SELECT 1", "--max-rows", "-1"], "--max-rows"),
         (["backfill", "--wait", "-5"], "--wait"),
         (["deadletter", "list", "--since", "yesterday"], "--since"),
-        (["ingest", "--shards", "2", "--shard", "0"], "--shards"),  # no lake here
         (["ingest", "--shards", "1", "--shard", "3"], "--shard"),
         (["ingest", "--shard", "-1"], "--shard"),
         (["api", "--port", "0"], "--port"),
@@ -51,15 +50,6 @@ def test_a_bad_flag_is_one_line_naming_it(
 ) -> None:
     message = one_line(args, capfd)
     assert message.startswith(f"astra {args[0]}") and flag in message
-
-
-def test_shards_without_a_lake_are_refused_naming_the_setting(
-    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ASTRA_INGEST_SHARDS", "2")
-    monkeypatch.delenv("ASTRA_LAKE_CATALOG", raising=False)
-    message = one_line(["ingest"], capfd)
-    assert "ASTRA_INGEST_SHARDS=2" in message and "ASTRA_LAKE_CATALOG" in message
 
 
 def test_the_api_refuses_to_serve_beyond_loopback_without_keys(

@@ -11,7 +11,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from astra_pipeline import cli
-from resources.warehouse import DuckDBWarehouseResource
+from astra_pipeline_tests.helpers import lake_env
 
 BIN = Path(sys.executable).parent
 
@@ -26,11 +26,10 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-def test_simulate_stores_the_ground_truth(broker, topic, tmp_path: Path) -> None:
-    db = tmp_path / "astra.duckdb"
+def test_simulate_stores_the_ground_truth(broker, topic, warehouse) -> None:
     env = {
         **os.environ,
-        "ASTRA_DUCKDB_PATH": str(db),
+        **lake_env(warehouse),
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "ASTRA_TOPIC_RAW": topic,
     }
@@ -42,7 +41,6 @@ def test_simulate_stores_the_ground_truth(broker, topic, tmp_path: Path) -> None
     assert summary["produced"] == 20_000
     truth = summary["ground_truth"]
     assert truth["anomalies"] > 0 and truth["declining_users"] == 10
-    warehouse = DuckDBWarehouseResource(path=str(db))
     stored = warehouse.query(
         "SELECT count(DISTINCT (device_id, kind, anomaly_start)) AS anomalies, "
         "count(event_id) AS readings, list(DISTINCT kind ORDER BY kind) AS kinds "

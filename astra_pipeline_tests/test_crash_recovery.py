@@ -37,8 +37,6 @@ from resources.warehouse import DuckDBWarehouseResource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WAREHOUSE_FIELDS = (
-    "path",
-    "lock_timeout_s",
     "lake_catalog",
     "lake_data_path",
     "lake_metadata_schema",

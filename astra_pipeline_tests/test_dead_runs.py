@@ -24,9 +24,9 @@ import dagster as dg
 import pytest
 
 from astra_pipeline.jobs import INGEST_JOB_NAME
-from astra_pipeline_tests.helpers import counts, produce, stop_process_group
+from astra_pipeline_tests.helpers import counts, lake_env, lake_of, produce, stop_process_group
 from resources.broker import EmbeddedBroker
-from resources.errors import WarehouseError, WarehouseLocked
+from resources.errors import WarehouseError
 from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -40,7 +40,9 @@ whose time is the machine's speed (30-60 s here), not the recovery's."""
 
 
 @pytest.fixture
-def daemon_env(broker: EmbeddedBroker, topic: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+def daemon_env(
+    broker: EmbeddedBroker, topic: str, tmp_path: Path, warehouse: DuckDBWarehouseResource
+) -> Iterator[dict[str, str]]:
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "dagster.embedded.yaml", home / "dagster.yaml")
@@ -48,7 +50,7 @@ def daemon_env(broker: EmbeddedBroker, topic: str, tmp_path: Path) -> Iterator[d
         **os.environ,
         "DAGSTER_HOME": str(home),
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "ASTRA_DUCKDB_PATH": str(tmp_path / "astra.duckdb"),
+        **lake_env(warehouse),
         "ASTRA_TOPIC_RAW": topic,
         "ASTRA_TOPIC_DEADLETTER": f"{topic}_dlq",
         "ASTRA_CONSUMER_GROUP": f"g-{topic}",
@@ -103,7 +105,7 @@ def _parent(pid: int) -> int:
 def _counts(warehouse: DuckDBWarehouseResource) -> dict[str, int] | None:
     try:
         return counts(warehouse)
-    except (WarehouseError, WarehouseLocked):
+    except WarehouseError:
         return None
 
 
@@ -177,7 +179,7 @@ def test_a_run_killed_in_the_pooled_step_is_failed_and_the_next_run_catches_up(
     second = produce(kafka, topic, 5_000, seed=22, malformed_fraction=0.01)
 
     failed_after = _failed_after(instance, run_id, killed_at, BOUND_S)
-    warehouse = DuckDBWarehouseResource(path=daemon_env["ASTRA_DUCKDB_PATH"], lock_timeout_s=1)
+    warehouse = lake_of(daemon_env)
     at_kill = None
     while at_kill is None:
         at_kill = _raw_rows(warehouse)

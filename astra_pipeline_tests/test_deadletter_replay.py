@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from astra_pipeline import cli
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.replay import REPLAY_ID_HEADER, REPLAY_OF_HEADER, replay
-from astra_pipeline_tests.helpers import sensor_reading
+from astra_pipeline_tests.helpers import lake_env, sensor_reading
 from resources.broker import EmbeddedBroker
 from resources.deadletter_store import Selection, examples, summary
 from resources.kafka import KafkaResource
@@ -147,13 +147,14 @@ def test_a_repaired_replay_becomes_clean_and_an_unrepaired_one_a_linked_dead_let
 
 CHILD = r"""
 import sys, time
+import json
 from pathlib import Path
 import astra_pipeline.replay as replay_module
 from resources.deadletter_store import Selection
 from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
 
-bootstrap, topic, group, db_path, kill_point, marker = sys.argv[1:7]
+bootstrap, topic, group, lake_json, kill_point, marker = sys.argv[1:7]
 
 def freeze(label):
     Path(marker).write_text(label)
@@ -170,7 +171,7 @@ KafkaResource.publish_acknowledged = publish_acknowledged
 
 replay_module.replay(
     KafkaResource(bootstrap_servers=bootstrap, consumer_group=group),
-    DuckDBWarehouseResource(path=db_path, lock_timeout_s=5),
+    DuckDBWarehouseResource(**json.loads(lake_json)),
     topic,
     Selection(reason="amount"),
 )
@@ -198,7 +199,12 @@ def test_a_replay_killed_midway_and_run_again_sends_each_dead_letter_once(
             broker.bootstrap_servers,
             topic,
             kafka.consumer_group,
-            warehouse.path,
+            json.dumps(
+                {
+                    name: getattr(warehouse, name)
+                    for name in ("lake_catalog", "lake_data_path", "lake_metadata_schema")
+                }
+            ),
             kill_point,
             str(marker),
         ],
@@ -256,7 +262,7 @@ def test_cli_lists_and_replays_with_a_repair_file(
     )
     for name, value in {
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "ASTRA_DUCKDB_PATH": warehouse.path,
+        **lake_env(warehouse),
         "ASTRA_TOPIC_RAW": broken,
         "ASTRA_CONSUMER_GROUP": kafka.consumer_group,
     }.items():

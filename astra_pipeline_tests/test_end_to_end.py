@@ -11,25 +11,23 @@ from pathlib import Path
 import pytest
 
 from astra_pipeline.simulator import SimulatorConfig, generate
-from astra_pipeline_tests.helpers import stop_process_group
-from resources.errors import WarehouseError, WarehouseLocked
-from resources.warehouse import DuckDBWarehouseResource
+from astra_pipeline_tests.helpers import lake_env, stop_process_group
+from resources.errors import WarehouseError
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(240)
-def test_daemon_ingests_simulated_events_exactly_once(broker, tmp_path: Path) -> None:
+def test_daemon_ingests_simulated_events_exactly_once(broker, tmp_path: Path, warehouse) -> None:
     topic = f"e2e_{int(time.time())}"
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "dagster.embedded.yaml", home / "dagster.yaml")
-    db = tmp_path / "astra.duckdb"
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "ASTRA_DUCKDB_PATH": str(db),
+        **lake_env(warehouse),
         "ASTRA_TOPIC_RAW": topic,
         "ASTRA_TOPIC_DEADLETTER": f"{topic}_dlq",
         "ASTRA_CONSUMER_GROUP": f"g-{topic}",
@@ -73,7 +71,6 @@ def test_daemon_ingests_simulated_events_exactly_once(broker, tmp_path: Path) ->
             timeout=60,
         )
         assert produced.returncode == 0, produced.stderr
-        warehouse = DuckDBWarehouseResource(path=str(db), lock_timeout_s=2)
         deadline = time.monotonic() + 180
         got: tuple = ()
         while time.monotonic() < deadline:
@@ -85,7 +82,7 @@ def test_daemon_ingests_simulated_events_exactly_once(broker, tmp_path: Path) ->
                     " + (SELECT count(*) FROM clean.user_activity),"
                     " (SELECT count(*) FROM clean.dead_letter_events)"
                 ).row(0)
-            except (WarehouseError, WarehouseLocked):
+            except WarehouseError:
                 continue
             if got[0] >= count:
                 break
@@ -100,7 +97,7 @@ def test_daemon_ingests_simulated_events_exactly_once(broker, tmp_path: Path) ->
                     "SELECT (SELECT coalesce(sum(reading_count), 0) FROM agg.sensor_1m)"
                     " + (SELECT coalesce(sum(event_count), 0) FROM agg.user_1m)"
                 ).item()
-            except (WarehouseError, WarehouseLocked):
+            except WarehouseError:
                 continue
         assert windowed == expected_clean
     finally:

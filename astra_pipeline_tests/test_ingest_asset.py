@@ -1,11 +1,8 @@
 """The ingest multi-asset against the real test broker and a temporary DuckDB file."""
 
-import contextlib
 import datetime as dt
 import json
-import time
 import uuid
-from collections.abc import Iterator
 
 import dagster as dg
 import pytest
@@ -15,7 +12,7 @@ from astra_pipeline.assets.ingest import RAW_EVENTS, IngestConfig, drain, ingest
 from astra_pipeline.checks.ingest import STATIC_CHECKS, make_dead_letter_rate_check
 from astra_pipeline_tests.helpers import counts, produce, sensor_reading
 from resources.kafka import KafkaResource
-from resources.warehouse import BatchWriter, DuckDBWarehouseResource, WarehouseSession
+from resources.warehouse import DuckDBWarehouseResource
 
 
 def test_materialize_ingests_every_message_exactly_once(kafka, topic, warehouse) -> None:
@@ -175,51 +172,6 @@ def test_row_checks_look_at_the_run_batches_and_catch_damage(kafka, topic, wareh
     # The first run's checks, and checks run alone (a run without batches), see it all.
     assert run_checks(kafka, warehouse, first) == expected_failures
     assert run_checks(kafka, warehouse, str(uuid.uuid4())) == expected_failures
-
-
-class SlowToOpen:
-    """A batch writer whose transactions start only after a wait, as when another
-    process holds the DuckDB file; records when the wait ended."""
-
-    def __init__(self, writer: BatchWriter) -> None:
-        self.writer = writer
-        self.opened: list[dt.datetime] = []
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[WarehouseSession]:
-        time.sleep(0.5)
-        self.opened.append(dt.datetime.now(dt.UTC))
-        with self.writer.transaction() as tx:
-            yield tx
-
-
-def test_rows_are_stamped_when_their_transaction_holds_the_file(
-    kafka, topic, warehouse, monkeypatch
-) -> None:
-    """ingested_at is taken once the write transaction has the file, not when the batch
-    was read: a batch that waited for another process's lock is stamped after the wait.
-    (The incremental refresh of a live hour reads the rows ingested after its last
-    seen_until, so a row stamped before a refresh but committed after it would be lost.)"""
-    real = DuckDBWarehouseResource.batch_writer
-    slow: list[SlowToOpen] = []
-
-    @contextlib.contextmanager
-    def slow_batch_writer(self, hold_s: float = 1.0) -> Iterator[SlowToOpen]:
-        with real(self, hold_s) as writer:
-            slow.append(SlowToOpen(writer))
-            yield slow[-1]
-
-    monkeypatch.setattr(DuckDBWarehouseResource, "batch_writer", slow_batch_writer)
-    produce(kafka, topic, 2_000)
-    config = IngestConfig(topic=topic, deadletter_topic=f"{topic}_dlq", max_batch_size=500)
-    drain(kafka, warehouse, config, None)
-    opened = [t for writer in slow for t in writer.opened]
-    stamps = warehouse.query(
-        "SELECT batch_id, min(ingested_at) AS first FROM raw.events GROUP BY ALL ORDER BY 2"
-    )["first"].to_list()
-    assert len(stamps) == len(opened) >= 4
-    for stamp, ended_wait in zip(stamps, sorted(opened), strict=True):
-        assert stamp >= ended_wait
 
 
 def test_resends_of_stored_events_touch_no_hour(

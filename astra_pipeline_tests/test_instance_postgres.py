@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from dagster import DagsterEventType
 
-from astra_pipeline_tests.helpers import produce, stop_process_group
+from astra_pipeline_tests.helpers import lake_env, produce, stop_process_group
 from resources.broker import EmbeddedBroker
 from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
@@ -37,12 +37,16 @@ def instance_db() -> Iterator[str]:
 
 @pytest.mark.timeout(90)
 def test_daemon_on_postgres_storage_runs_sensor_and_ingest(
-    broker: EmbeddedBroker, topic: str, kafka: KafkaResource, instance_db: str, tmp_path: Path
+    broker: EmbeddedBroker,
+    topic: str,
+    kafka: KafkaResource,
+    instance_db: str,
+    tmp_path: Path,
+    warehouse: DuckDBWarehouseResource,
 ) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    db = tmp_path / "astra.duckdb"
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -52,7 +56,7 @@ def test_daemon_on_postgres_storage_runs_sensor_and_ingest(
         "DAGSTER_PG_PASSWORD": "",  # trust authentication on the test server
         "DAGSTER_PG_DB": instance_db,
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
-        "ASTRA_DUCKDB_PATH": str(db),
+        **lake_env(warehouse),
         "ASTRA_TOPIC_RAW": topic,
         "ASTRA_TOPIC_DEADLETTER": f"{topic}_dlq",
         "ASTRA_CONSUMER_GROUP": f"g-{topic}",
@@ -126,8 +130,6 @@ def test_daemon_on_postgres_storage_runs_sensor_and_ingest(
     }
     assert sensor_ticks is not None and sensor_ticks[0] >= 1
     assert not list(home.rglob("*.db")), "instance storage fell back to SQLite"
-    # The run really ingested the topic (nothing else ran against this DuckDB file).
-    raw = DuckDBWarehouseResource(path=str(db), lock_timeout_s=10).query(
-        "SELECT count(*) AS n FROM raw.events"
-    )
+    # The run really ingested the topic (nothing else ran against this lake).
+    raw = warehouse.query("SELECT count(*) AS n FROM raw.events")
     assert raw["n"][0] == produced["total"]

@@ -29,7 +29,7 @@ from astra_pipeline.assets import window_refresh
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.assets.lake import build_lake_files
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
-from astra_pipeline_tests.helpers import produce
+from astra_pipeline_tests.helpers import lake_env, produce
 from resources.broker import EmbeddedBroker
 from resources.errors import CommitConflict
 from resources.ingest_store import BatchRows, write_batch
@@ -46,9 +46,7 @@ def _lake_env(
 ) -> dict[str, str]:
     return {
         **{k: v for k, v in os.environ.items() if not k.startswith("ASTRA_")},
-        "ASTRA_LAKE_CATALOG": warehouse.lake_catalog,
-        "ASTRA_LAKE_DATA_PATH": warehouse.lake_data_path,
-        "ASTRA_LAKE_METADATA_SCHEMA": warehouse.lake_metadata_schema,
+        **lake_env(warehouse),
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "ASTRA_TOPIC_RAW": topic,
         "ASTRA_TOPIC_DEADLETTER": f"{topic}_dlq",

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from astra_pipeline.progress import Progress
+from astra_pipeline_tests.helpers import lake_env
 from resources.broker import EmbeddedBroker
+from resources.warehouse import DuckDBWarehouseResource
 
 ASTRA = str(Path(sys.executable).parent / "astra")
 
@@ -31,14 +33,13 @@ def test_plain_lines_by_hand() -> None:
     assert bar.render(1, "", 1.0).startswith("b: [######..................] 25% 1/4 partitions")
 
 
-def _env(broker: EmbeddedBroker, topic: str, tmp_path: Path) -> dict[str, str]:
+def _env(broker: EmbeddedBroker, topic: str) -> dict[str, str]:
     return {
         **os.environ,
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "ASTRA_TOPIC_RAW": topic,
         "ASTRA_TOPIC_DEADLETTER": f"{topic}_dlq",
         "ASTRA_CONSUMER_GROUP": f"g-{topic}",
-        "ASTRA_DUCKDB_PATH": str(tmp_path / "astra.duckdb"),
     }
 
 
@@ -48,7 +49,7 @@ def test_simulate_draws_a_bar_on_a_terminal(
     leader, follower = pty.openpty()
     process = subprocess.Popen(
         [ASTRA, "simulate", "--count", "20000"],
-        env=_env(broker, topic, tmp_path),
+        env=_env(broker, topic),
         stdin=follower,
         stdout=subprocess.PIPE,
         stderr=follower,
@@ -72,9 +73,9 @@ def test_simulate_draws_a_bar_on_a_terminal(
 
 
 def test_ingest_prints_plain_progress_lines_when_not_on_a_terminal(
-    broker: EmbeddedBroker, topic: str, tmp_path: Path
+    broker: EmbeddedBroker, topic: str, warehouse: DuckDBWarehouseResource
 ) -> None:
-    env = _env(broker, topic, tmp_path)
+    env = {**_env(broker, topic), **lake_env(warehouse)}
     subprocess.run([ASTRA, "simulate", "--count", "5000"], env=env, check=True, capture_output=True)
     done = subprocess.run([ASTRA, "ingest"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -9,10 +9,8 @@ ground truth, or DuckDB queries, never from what the assets happened to store.
 
 import datetime as dt
 import json
-import shutil
 import uuid
 from collections.abc import Iterable
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -52,6 +50,7 @@ from astra_pipeline.jobs import ANOMALY_JOB_NAME, CHURN_JOB_NAME, WINDOWS_JOB_NA
 from astra_pipeline.simulator import SimulatedMessage, SimulatorConfig, simulate
 from astra_pipeline.transforms.churn import churn_label, user_churn_features
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
+from astra_pipeline_tests.helpers import copy_lake, lake_fields, make_lake
 from resources.broker import EmbeddedBroker
 from resources.ingest_store import BatchRows, next_offsets, write_batch
 from resources.kafka import KafkaResource
@@ -165,13 +164,13 @@ def activity_frame(messages: list[SimulatedMessage]) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def churn_warehouse(
-    tmp_path_factory: pytest.TempPathFactory, churn_data: tuple[list[SimulatedMessage], set[str]]
+    tmp_path_factory: pytest.TempPathFactory,
+    lake_catalog: str,
+    churn_data: tuple[list[SimulatedMessage], set[str]],
 ) -> DuckDBWarehouseResource:
     """Every simulated event ingested and the features of 09-08 .. 09-30 materialized in
     one range run (as a backfill would), their checks passing."""
-    warehouse = DuckDBWarehouseResource(
-        path=str(tmp_path_factory.mktemp("churn") / "astra.duckdb"), lock_timeout_s=5
-    )
+    warehouse = make_lake(lake_catalog, tmp_path_factory.mktemp("churn"))
     write_clean(warehouse, churn_data[0])
     result = dg.materialize(
         [churn_features, churn_scores, *CHURN_CHECKS],
@@ -234,14 +233,13 @@ def test_stored_features_equal_the_pure_function_over_the_whole_history(
 
 
 def test_events_after_the_day_do_not_change_its_features(
-    tmp_path: Path, churn_data: tuple[list[SimulatedMessage], set[str]]
+    warehouse: DuckDBWarehouseResource, churn_data: tuple[list[SimulatedMessage], set[str]]
 ) -> None:
     messages = churn_data[0]
     end = dt.datetime.combine(LEAK_DAY + dt.timedelta(days=1), dt.time(), dt.UTC)
     before = [m for m in messages if event_ts(m) < end]
     after = [m for m in messages if event_ts(m) >= end]
     assert before and after
-    warehouse = DuckDBWarehouseResource(path=str(tmp_path / "astra.duckdb"), lock_timeout_s=5)
     write_clean(warehouse, before)
 
     def materialize_day() -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -325,12 +323,10 @@ def test_a_fresh_system_skips_scoring_with_a_reason(
 
 
 def test_churn_checks_fail_on_tampered_rows(
-    churn_warehouse: DuckDBWarehouseResource, tmp_path: Path
+    churn_warehouse: DuckDBWarehouseResource, warehouse: DuckDBWarehouseResource
 ) -> None:
     score_day(churn_warehouse, SCORED_DAY)
-    copy = tmp_path / "tampered.duckdb"
-    shutil.copy(churn_warehouse.path, copy)
-    warehouse = DuckDBWarehouseResource(path=str(copy), lock_timeout_s=5)
+    copy_lake(churn_warehouse, warehouse)  # the shared lake keeps its rows
     with warehouse.transaction() as tx:
         # A 7-day count that saw an event of the next day (kept consistent with the
         # trend columns, so only the recomputation can tell), a status share above 1,
@@ -367,7 +363,7 @@ def test_churn_checks_fail_on_tampered_rows(
 def test_the_daily_schedule_runs_the_churn_job_for_the_day_that_just_ended(
     churn_warehouse: DuckDBWarehouseResource,
 ) -> None:
-    settings = AstraSettings(duckdb_path=Path(churn_warehouse.path))
+    settings = AstraSettings(**lake_fields(churn_warehouse))
     definitions = build_definitions(settings)
     schedule = definitions.resolve_schedule_def("churn_daily_schedule")
     assert schedule.cron_schedule == "15 0 * * *" and schedule.execution_timezone == "UTC"
@@ -551,7 +547,8 @@ def test_scores_are_never_replaced_by_scores_of_an_older_snapshot(
                 [hour, hour + dt.timedelta(hours=1)],
             )
         tx.execute(
-            "UPDATE ops.scoring_partitions SET seen_until = seen_until + INTERVAL 1 HOUR "
+            "UPDATE ops.scoring_partitions SET seen_until = seen_until + INTERVAL 1 HOUR, "
+            "seen_snapshot = seen_snapshot + 1000000 "
             "WHERE asset = 'anomaly_scores' AND partition_start = ?",
             [first],
         )
@@ -561,8 +558,8 @@ def test_scores_are_never_replaced_by_scores_of_an_older_snapshot(
     assert after[1:] == scored[1:]  # replaced: the lost score is back
     with warehouse.transaction() as tx:
         tx.execute(
-            "UPDATE ops.scoring_partitions SET seen_until = seen_until - INTERVAL 2 HOUR "
-            "WHERE asset = 'anomaly_scores'"
+            "UPDATE ops.scoring_partitions SET seen_until = seen_until - INTERVAL 2 HOUR, "
+            "seen_snapshot = seen_snapshot - 2000000 WHERE asset = 'anomaly_scores'"
         )
     # Recorded from an older snapshot than this run's: replaced.
     assert score()["hours_superseded"] == 0
@@ -672,7 +669,7 @@ def test_the_windows_refresh_job_scores_and_alerts_the_hours_it_refreshes(
     """The jobs the windows and scoring sensors launch, with the range tags they set."""
     write_clean(warehouse, anomaly_data[0])
     settings = AstraSettings(
-        duckdb_path=Path(warehouse.path),
+        **lake_fields(warehouse),
         kafka_bootstrap_servers=broker.bootstrap_servers,
         topic_alerts=alerts_topic,
     )
@@ -768,13 +765,11 @@ PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
 
 def test_daily_feature_tables_are_served_one_as_of_day_at_a_time(
-    churn_warehouse: DuckDBWarehouseResource, tmp_path: Path
+    churn_warehouse: DuckDBWarehouseResource,
 ) -> None:
     """The serving copy of a daily table replaces exactly the rows of its as_of_day."""
     schema = f"astra_test_{uuid.uuid4().hex[:10]}"
-    copy = tmp_path / "served.duckdb"
-    shutil.copy(churn_warehouse.path, copy)
-    warehouse = DuckDBWarehouseResource(path=str(copy), lock_timeout_s=5)
+    warehouse = churn_warehouse  # the tables below are new ones, in a schema of their own
     serving_db = PostgresServingResource(
         host="127.0.0.1", port=5432, user="postgres", database="test"
     )

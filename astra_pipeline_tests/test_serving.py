@@ -11,10 +11,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
-import duckdb
 import polars as pl
 import psycopg
 import pytest
@@ -321,26 +319,24 @@ def test_clean_tables_are_opt_in_by_schema() -> None:
     ] == ["serving/clean/sensor_readings", "serving/clean/user_activity"]
 
 
-def test_serving_asset_copies_one_duckdb_partition(
-    serving_db: PostgresServingResource, pg_schema: str, tmp_path: Path
+def test_serving_asset_copies_one_lake_partition(
+    serving_db: PostgresServingResource, pg_schema: str, warehouse: DuckDBWarehouseResource
 ) -> None:
     spec = agg_spec(pg_schema, "sensor_1m")
-    db = tmp_path / "astra.duckdb"
     hours = [agg_rows(T0 + i * HOUR, devices=30, seed=i) for i in range(3)]
-    with duckdb.connect(str(db)) as con:
-        con.execute(f"CREATE SCHEMA {pg_schema}")
-        con.execute(
+    with warehouse.transaction() as tx:
+        tx.execute(f"CREATE SCHEMA {pg_schema}")
+        tx.execute(
             f"CREATE TABLE {spec.table} (window_start TIMESTAMPTZ NOT NULL, device_id VARCHAR, "
             "readings BIGINT, temperature_mean DOUBLE, temperature_p95 DOUBLE, "
             "degraded INTEGER, window_date DATE, late_events INTEGER)"
         )
         for frame in hours:
-            data = frame.with_columns(pl.lit(0).alias("late_events"))  # noqa: F841 (read by DuckDB)
-            con.execute(f"INSERT INTO {spec.table} SELECT * FROM data")
+            tx.append(spec.table, frame.with_columns(pl.lit(0).alias("late_events")))
     partitions = dg.HourlyPartitionsDefinition(start_date="2026-11-23-00:00", timezone="UTC")
     asset = build_serving_asset(ServedTable(spec, dg.AssetKey("sensor_aggregates"), partitions))
     resources = {
-        "warehouse": DuckDBWarehouseResource(path=str(db), lock_timeout_s=5),
+        "warehouse": warehouse,
         "serving_db": serving_db,
     }
 

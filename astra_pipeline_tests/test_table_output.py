@@ -13,7 +13,7 @@ import pytest
 from astra_pipeline import cli
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.table_output import FORMATS, render
-from astra_pipeline_tests.helpers import produce
+from astra_pipeline_tests.helpers import lake_env, produce
 from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -57,7 +57,8 @@ def test_every_table_prints_in_every_format(
         "WHERE table_schema IN ('raw', 'clean', 'agg', 'features', 'ml', 'ops')"
     )["t"].to_list()
     assert "clean.dead_letter_events" in tables and len(tables) > 15
-    monkeypatch.setenv("ASTRA_DUCKDB_PATH", warehouse.path)
+    for name, value in lake_env(warehouse).items():
+        monkeypatch.setenv(name, value)
     for table in tables:
         for fmt in FORMATS:
             code = cli.main(["sql", "--format", fmt, f"SELECT * FROM {table} LIMIT 5"])

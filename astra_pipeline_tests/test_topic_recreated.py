@@ -6,7 +6,7 @@ tables; a new epoch (a fresh warehouse) ingests every new message once."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import dagster as dg
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -51,7 +51,7 @@ def test_a_recreated_topic_fails_loudly_until_a_new_epoch_is_started(
     topic: str,
     kafka: KafkaResource,
     warehouse: DuckDBWarehouseResource,
-    tmp_path: Path,
+    new_lake: Callable[[], DuckDBWarehouseResource],
 ) -> None:
     first = produce(kafka, topic, 600, seed=21)
     assert _ingest(kafka, warehouse, topic).success
@@ -77,7 +77,7 @@ def test_a_recreated_topic_fails_loudly_until_a_new_epoch_is_started(
 
     # The documented new epoch: a fresh warehouse for the new topic. The old one keeps
     # the first epoch's rows, and its check keeps saying why it is not ingested into.
-    fresh = DuckDBWarehouseResource(path=str(tmp_path / "epoch-2.duckdb"))
+    fresh = new_lake()
     again = _ingest(kafka, fresh, topic)
     assert again.success and all(c.passed for c in again.get_asset_check_evaluations())
     got = counts(fresh)

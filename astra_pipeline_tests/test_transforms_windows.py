@@ -8,7 +8,6 @@ import random
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -378,8 +377,7 @@ def test_naive_partition_bounds_are_rejected() -> None:
         w.user_sessions(SAMPLE_ACTIVITY, dt.datetime(2026, 11, 23, 10), at(11))
 
 
-def test_tables_round_trip_through_the_duckdb_ddl(tmp_path: Path) -> None:
-    warehouse = DuckDBWarehouseResource(path=str(tmp_path / "w.duckdb"))
+def test_tables_round_trip_through_the_duckdb_ddl(warehouse: DuckDBWarehouseResource) -> None:
     warehouse.ensure_schema()
     duck_types = {
         pl.String(): "VARCHAR",

@@ -30,6 +30,7 @@ def test_definitions_load_with_pinned_names() -> None:
         "churn_scores",
         "anomaly_scores",
         "alerts",
+        "lake_files",
         *(f"serving/agg/{name}" for name in served),
         *(f"serving/{name}" for name in served_scoring),
     }
@@ -62,6 +63,7 @@ def test_definitions_load_with_pinned_names() -> None:
     assert sorted(jobs) == [
         "aggregate_windows_job",
         "ingest_events_job",
+        "lake_maintenance_job",
         "score_anomalies_job",
         "score_churn_job",
     ]
@@ -70,7 +72,10 @@ def test_definitions_load_with_pinned_names() -> None:
         "cleaned_events_windows_sensor",
         "windowed_aggregates_scoring_sensor",
     ]
-    assert [s.name for s in definitions.schedules] == ["churn_daily_schedule"]
+    assert [s.name for s in definitions.schedules] == [
+        "churn_daily_schedule",
+        "lake_maintenance_schedule",
+    ]
     groups = {s.key.to_user_string(): s.group_name for s in definitions.resolve_all_asset_specs()}
     assert groups["windowed_aggregates"] == "aggregate"
     assert groups["churn_features"] == "features"

@@ -18,12 +18,8 @@ class TopicRecreated(AstraResourceError):
     again (or an in-memory broker restarted), and its offsets started again at 0."""
 
 
-class WarehouseLocked(AstraResourceError):
-    """Another process held the DuckDB file lock for longer than we were willing to wait."""
-
-
 class WarehouseError(AstraResourceError):
-    """DuckDB rejected a statement or could not open the file."""
+    """DuckDB or the lake rejected a statement, or the lake could not be attached."""
 
 
 class CommitConflict(WarehouseError):

@@ -5,13 +5,13 @@ ledger rows are written in one transaction, after checking that the ledger still
 where the batch starts; so a replayed or concurrent batch can neither duplicate nor skip
 a range.
 
-In a DuckDB file one process writes at a time, so the check is enough. A DuckLake lets
-two transactions that only append both commit, even when each checked the ledger before
-the other's rows were there: so every batch also takes a turn on each partition it
-records (updates the one row of ``ops.ingest_turns_p<partition>``), and of two batches in
-flight at once that share a partition only the first to commit does; the other's commit
-fails with ``CommitConflict``, and nothing of it is written. Batches of disjoint
-partitions (two ingest shards) update different turn tables and both commit.
+The check alone is not enough: a DuckLake lets two transactions that only append both
+commit, even when each checked the ledger before the other's rows were there: so every
+batch also takes a turn on each partition it records (updates the one row of
+``ops.ingest_turns_p<partition>``), and of two batches in flight at once that share a
+partition only the first to commit does; the other's commit fails with
+``CommitConflict``, and nothing of it is written. Batches of disjoint partitions (two
+ingest shards) update different turn tables and both commit.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """What ingest has stored, counted for `/metrics` without re-reading the warehouse.
 
 The first refresh counts each table once; every later one counts only the rows committed
-since: on a lake, the rows of snapshots after the last one seen (snapshots are in commit
-order, whatever order the shards stamped their batches in); in a DuckDB file (one
-writer), the rows ingested after the last ingestion time seen. A scrape after a quiet
-minute reads nothing but the newest snapshot id.
+since: the rows of snapshots after the last one seen (snapshots are in commit order,
+whatever order the shards stamped their batches in). A scrape after a quiet minute reads
+nothing but the newest snapshot id. Each refresh returns a copy: a scrape renders one
+reading while the next refresh adds to the running totals.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,9 +39,9 @@ class IngestTallies:
         self._lock = threading.Lock()
 
     def refresh(self) -> Tallies:
-        """Add the rows committed since the last refresh; the running totals."""
+        """Add the rows committed since the last refresh; a copy of the running totals."""
         with self._lock, self._warehouse.session(read_only=True) as session:
-            mark = "snapshot_id" if session.is_lake else "ingested_at"
+            mark = "snapshot_id"
             tallies = self._tallies
             for table in CLEAN_TABLES:
                 buckets = ", ".join(
@@ -67,7 +68,7 @@ class IngestTallies:
             row = self._new_rows(session, DUPLICATE_EVENTS, mark, "count(*)", "1 AS one")
             if row is not None:
                 tallies.duplicates += row[0]
-            return tallies
+            return copy.deepcopy(tallies)
 
     def _new_rows(
         self, session: Any, table: str, mark: str, select: str, extra: str

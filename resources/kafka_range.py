@@ -180,7 +180,7 @@ class KafkaRangeReader:
                 f"{self._topic}[{partition}]: the ledger's next offset {starts.get(partition)} "
                 "is outside the partition's log; the broker lost data it had acknowledged "
                 "(an in-memory broker restarted?) or the topic was recreated. Point "
-                "ASTRA_DUCKDB_PATH at a fresh warehouse for a new broker."
+                "ASTRA_LAKE_METADATA_SCHEMA or ASTRA_LAKE_CATALOG at a fresh lake for a new broker."
             )
         raise KafkaUnavailable(f"reading {self._topic}[{partition}]: {error.str()}")
 

@@ -37,14 +37,13 @@ class AstraSettings(BaseModel):
     # How long one request to Kafka may take before the command or run says the broker
     # is unreachable.
     kafka_timeout_s: float = Field(default=15.0, gt=0)
-    duckdb_path: Path = Path("data/astra.duckdb")
-    duckdb_lock_timeout_s: float = Field(default=30.0, gt=0)
-    # The lakehouse (docs/lake.md): with a catalog (a postgresql:// URL of an existing
-    # database, without its password: ASTRA_LAKE_CATALOG_PASSWORD) the tables live in a
-    # DuckLake, their rows as Parquet files under lake_data_path (a folder, or
-    # s3://bucket/prefix/ reached with the lake_s3_* settings and the credentials
-    # ASTRA_LAKE_S3_ACCESS_KEY_ID / ASTRA_LAKE_S3_SECRET_ACCESS_KEY); without one, in the
-    # DuckDB file duckdb_path.
+    # The warehouse is a DuckLake (docs/lake.md): its catalog a Postgres database (a
+    # postgresql:// URL of an existing database, without its password:
+    # ASTRA_LAKE_CATALOG_PASSWORD), its rows Parquet files under lake_data_path (a folder,
+    # or s3://bucket/prefix/ reached with the lake_s3_* settings and the credentials
+    # ASTRA_LAKE_S3_ACCESS_KEY_ID / ASTRA_LAKE_S3_SECRET_ACCESS_KEY). Unset: the running
+    # `make dev` session's lake (data/dev/lake.json), else commands that need the
+    # warehouse say so.
     lake_catalog: str = ""
     lake_data_path: str = "data/lake"
     lake_metadata_schema: str = Field(default="", pattern=r"^([a-z_][a-z0-9_]*)?$")
@@ -63,9 +62,8 @@ class AstraSettings(BaseModel):
     lake_raw_retention_days: float = Field(default=0.0, ge=0)
     max_batch_size: int = Field(default=100_000, ge=1)
     # Ingest shards: the raw topic's partitions split into this many groups (partition p
-    # in shard p % shards), each ingested by runs of its own, side by side (a lake only:
-    # a DuckDB file has one writing process). More shards than partitions leaves some
-    # shards idle.
+    # in shard p % shards), each ingested by runs of its own, side by side. More shards
+    # than partitions leaves some shards idle.
     ingest_shards: int = Field(default=1, ge=1, le=64)
     run_time_budget_s: float = Field(default=60.0, gt=0)
     sensor_interval_s: int = Field(default=5, ge=1)
@@ -121,7 +119,10 @@ class AstraSettings(BaseModel):
             key = env_var_name(name)
             if key in env and env[key] != "":
                 values[name] = env[key]
-        if environ is None and not {"lake_catalog", "duckdb_path"} & set(values):
+        for retired, instead in RETIRED.items():
+            if env.get(retired):
+                raise SettingsError(f"invalid environment: {retired} is no longer read: {instead}")
+        if environ is None and "lake_catalog" not in values:
             values |= dev_session_lake()
         try:
             settings = cls.model_validate(values)
@@ -131,24 +132,28 @@ class AstraSettings(BaseModel):
                 for e in error.errors(include_url=False)
             )
             raise SettingsError(f"invalid environment: {problems}") from None
-        if settings.ingest_shards > 1 and not settings.lake_catalog:
-            raise SettingsError(
-                f"invalid environment: ASTRA_INGEST_SHARDS={settings.ingest_shards} needs a "
-                "lake (ASTRA_LAKE_CATALOG): a DuckDB file has one writing process"
-            )
         return settings
 
 
 DEV_LAKE_POINTER = Path("data", "dev", "lake.json")
-"""Written by `astra dev` while it runs (relative to its working folder, like the
-default warehouse file): the running dev session's lake catalog and data path."""
+"""Written by `astra dev` while it runs (relative to its working folder): the running
+dev session's lake catalog and data path."""
+
+
+RETIRED = {
+    "ASTRA_DUCKDB_PATH": "the warehouse is a DuckLake, set ASTRA_LAKE_CATALOG and "
+    "ASTRA_LAKE_DATA_PATH (docs/lake.md)",
+    "ASTRA_DUCKDB_LOCK_TIMEOUT_S": "a DuckLake has no file lock to wait for (docs/lake.md)",
+}
+"""Variables of the single DuckDB file, which is gone: set, they are an error rather than
+silently ignored."""
 
 
 def dev_session_lake(folder: Path | None = None) -> dict[str, str]:
     """The running dev session's lake settings (lake_catalog, lake_data_path), read
     from DEV_LAKE_POINTER under ``folder`` (default: the working folder), or nothing.
-    Applied only when the environment chooses no warehouse itself (neither
-    ASTRA_LAKE_CATALOG nor ASTRA_DUCKDB_PATH): then `astra sql`, `dg launch` and the
+    Applied only when the environment names no lake itself (no ASTRA_LAKE_CATALOG):
+    then `astra sql`, `dg launch` and the
     README's commands in another shell see what `make dev` ingests."""
     pointer = (folder or Path.cwd()) / DEV_LAKE_POINTER
     try:

@@ -1,4 +1,4 @@
-"""Table identifiers and DDL of the warehouse (DuckLake or DuckDB file), in one place.
+"""Table identifiers and DDL of the warehouse (a DuckLake), in one place.
 
 SQL elsewhere refers to these constants for identifiers and binds values as parameters.
 """
@@ -393,23 +393,9 @@ _DDL = (
     )""",
 )
 
-# The dead-letter topic's outbox columns (docs/exactly-once.md): when the broker
-# acknowledged the row's record, and the topic's ends before it was sent. A DuckDB file
-# made before them gets the columns with its rows marked as published (they were, at
-# least once, before the row's commit); new rows then start unpublished. (A lake is
-# newer than these columns.)
-_FILE_MIGRATIONS = (
-    f"ALTER TABLE {DEAD_LETTER_EVENTS} ADD COLUMN IF NOT EXISTS publish_from JSON",
-    f"ALTER TABLE {DEAD_LETTER_EVENTS} ADD COLUMN IF NOT EXISTS published_at TIMESTAMPTZ "
-    "DEFAULT TIMESTAMPTZ '1970-01-01 00:00:00+00'",
-    f"ALTER TABLE {DEAD_LETTER_EVENTS} ALTER COLUMN published_at DROP DEFAULT",
-    # The topic's id in each ledger row (a file made before it: null, the first id).
-    f"ALTER TABLE {INGEST_LEDGER} ADD COLUMN IF NOT EXISTS topic_id VARCHAR",
-)
-
-# Columns added after tables were first created, for both backends: the DuckLake
-# snapshot a window or scoring computation read (its watermark on a lake, where
-# concurrent ingest shards commit in another order than they stamp ingested_at).
+# Columns added after tables were first created: the DuckLake snapshot a window or
+# scoring computation read (its watermark: concurrent ingest shards commit in another
+# order than they stamp ingested_at).
 _MIGRATIONS = tuple(
     f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS seen_snapshot BIGINT"
     for table in (WINDOW_ROLLUPS, WINDOW_PARTITIONS, SCORING_PARTITIONS)
@@ -428,8 +414,7 @@ MIGRATED_COLUMNS = tuple(
 # conflict, and so does an update with any other change of the same table, while changes
 # of two different tables never do. So ingest has a turn table per Kafka partition
 # (ingest_turns_table): two batches conflict exactly when they share a partition, and
-# shards of disjoint partitions commit side by side. (A DuckDB file has one writing
-# process, so there they are only counters.)
+# shards of disjoint partitions commit side by side.
 TURN_TABLES = (DEADLETTER_REPLAY_TURNS,)
 INGEST_TURNS_PREFIX = "ops.ingest_turns_p"
 
@@ -452,14 +437,13 @@ _COLUMN_KEY = re.compile(r" PRIMARY KEY(?= *,| *\n)")
 _TABLE_KEY = re.compile(r",\s*PRIMARY KEY \([^)]*\)")
 
 
-def ddl(lake: bool) -> tuple[str, ...]:
+def ddl() -> tuple[str, ...]:
     """The statements that create what is missing. A DuckLake has no PRIMARY KEY or
-    UNIQUE constraints: there the keys are kept by the writers (MERGE, NOT EXISTS inside
-    the transaction, and a turn where concurrent writers could both pass the check)."""
-    if lake:
-        keyless = tuple(_TABLE_KEY.sub("", _COLUMN_KEY.sub(" NOT NULL", s)) for s in _DDL)
-        return keyless + _MIGRATIONS + _TURNS
-    return _DDL + _FILE_MIGRATIONS + _MIGRATIONS + _TURNS
+    UNIQUE constraints: the keys written in the table definitions above document the
+    tables' keys, which the writers keep (MERGE, NOT EXISTS inside the transaction, and a
+    turn where concurrent writers could both pass the check); the lake gets NOT NULL."""
+    keyless = tuple(_TABLE_KEY.sub("", _COLUMN_KEY.sub(" NOT NULL", s)) for s in _DDL)
+    return keyless + _MIGRATIONS + _TURNS
 
 
 TABLES = tuple(

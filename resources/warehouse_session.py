@@ -1,5 +1,5 @@
 """A connection to the warehouse as the rest of the code sees it: statements, frames in
-and out, and (on a lake) commit messages. Kept apart from the resource (warehouse.py) so
+and out, and commit messages. Kept apart from the resource (warehouse.py) so
 that a command can read the lake without importing Dagster (astra_pipeline.quick_sql)."""
 
 from __future__ import annotations
@@ -18,22 +18,15 @@ from resources.lake import set_commit_message
 class WarehouseSession:
     """One open DuckDB connection; the only way callers outside `resources/` touch SQL."""
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection, lake: bool = False) -> None:
+    def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
         self._con = connection
-        self._lake = lake
-
-    @property
-    def is_lake(self) -> bool:
-        return self._lake
 
     def commit_message(self, author: str, message: str) -> None:
-        """Name this transaction's commit in the lake's snapshot list (`astra snapshots`);
-        nothing for a DuckDB file, which keeps no history."""
-        if self._lake:
-            try:
-                set_commit_message(self._con, author, message)
-            except duckdb.Error as error:
-                raise WarehouseError(f"setting the commit message: {error}") from error
+        """Name this transaction's commit in the lake's snapshot list (`astra snapshots`)."""
+        try:
+            set_commit_message(self._con, author, message)
+        except duckdb.Error as error:
+            raise WarehouseError(f"setting the commit message: {error}") from error
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
         try:

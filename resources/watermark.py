@@ -2,11 +2,11 @@
 
 A window or scoring partition records the watermark of the clean rows it was computed
 from; the incremental refresh reads the rows after it, and the checks recompute from the
-rows up to it. In a DuckDB file (one writing process) ingestion times are in commit
-order, so the latest ``ingested_at`` is the watermark. In a lake, ingest shards commit
-side by side, and a batch stamped earlier can commit later: there the watermark is the
-latest DuckLake snapshot that inserted clean rows (each row's ``snapshot_id``; snapshots
-are in commit order, and a transaction that sees one sees every earlier one).
+rows up to it. Ingest shards commit side by side, and a batch stamped earlier can commit
+later, so ingestion times are not in commit order: the watermark is the latest DuckLake
+snapshot that inserted clean rows (each row's ``snapshot_id``; snapshots are in commit
+order, and a transaction that sees one sees every earlier one), with the latest
+``ingested_at`` beside it for records written before snapshots were recorded.
 """
 
 from __future__ import annotations
@@ -23,46 +23,37 @@ class Watermark:
     until: dt.datetime | None
     """The latest ingestion time among the rows read."""
     snapshot: int | None = None
-    """On a lake: the latest snapshot that inserted rows read (None on a DuckDB file, and
-    for records written before lakes recorded it)."""
+    """The latest snapshot that inserted rows read (None when nothing was read, and for
+    records written before it was recorded)."""
 
 
 def clean_watermark(session: WarehouseSession) -> Watermark:
     """The watermark of the clean rows this transaction can see."""
-    if session.is_lake:
-        until, snapshot = session.query(
-            f"SELECT greatest((SELECT max(ingested_at) FROM {SENSOR_READINGS}), "
-            f"(SELECT max(ingested_at) FROM {USER_ACTIVITY})), "
-            f"greatest((SELECT max(snapshot_id) FROM {SENSOR_READINGS}), "
-            f"(SELECT max(snapshot_id) FROM {USER_ACTIVITY}))"
-        ).row(0)
-        return Watermark(until, None if snapshot is None else int(snapshot))
-    until = session.query(
+    until, snapshot = session.query(
         f"SELECT greatest((SELECT max(ingested_at) FROM {SENSOR_READINGS}), "
-        f"(SELECT max(ingested_at) FROM {USER_ACTIVITY}))"
-    ).item()
-    return Watermark(until)
+        f"(SELECT max(ingested_at) FROM {USER_ACTIVITY})), "
+        f"greatest((SELECT max(snapshot_id) FROM {SENSOR_READINGS}), "
+        f"(SELECT max(snapshot_id) FROM {USER_ACTIVITY}))"
+    ).row(0)
+    return Watermark(until, None if snapshot is None else int(snapshot))
 
 
-def row_columns(lake: bool) -> str:
-    """The columns a row needs for seen_sql: its ingestion time (and snapshot)."""
-    return "ingested_at, snapshot_id" if lake else "ingested_at"
+ROW_COLUMNS = "ingested_at, snapshot_id"
+"""The columns a row needs for seen_sql: its ingestion time and snapshot."""
 
 
-def after_sql(session: WarehouseSession, mark: Watermark) -> tuple[str, list[object]]:
+def after_sql(mark: Watermark) -> tuple[str, list[object]]:
     """A condition on a clean table's rows: ingested after ``mark`` (not read by it)."""
-    if session.is_lake and mark.snapshot is not None:
+    if mark.snapshot is not None:
         return "snapshot_id > ?", [mark.snapshot]
     return "ingested_at > ?", [mark.until]
 
 
-def seen_sql(lake: bool, row: str, record: str) -> str:
-    """A join condition: clean row ``row`` (an alias; with its ``snapshot_id`` on a lake)
-    was read by the computation whose record (alias ``record``, columns seen_until and
+def seen_sql(row: str, record: str) -> str:
+    """A join condition: clean row ``row`` (an alias, with its ``snapshot_id``) was read
+    by the computation whose record (alias ``record``, columns seen_until and
     seen_snapshot) it joins."""
     by_time = f"{row}.ingested_at <= {record}.seen_until"
-    if not lake:
-        return by_time
     return (
         f"({record}.seen_snapshot IS NULL AND {by_time} "
         f"OR {row}.snapshot_id <= {record}.seen_snapshot)"

@@ -123,9 +123,8 @@ def clean_rows_since(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """ts and ingested_at of the clean readings, and ts, ingested_at and user_id of the
     user activity, ingested after the watermark ``since``, with event time in the given
-    ranges (resources.watermark: by ingestion time in a DuckDB file, whose one writing
-    process stamps rows inside its transaction, by snapshot in a lake)."""
-    after, params = after_sql(session, since)
+    ranges (resources.watermark: by snapshot)."""
+    after, params = after_sql(since)
     readings = session.frame(
         f"SELECT ts, ingested_at FROM {SENSOR_READINGS} WHERE ts >= ? AND ts < ? AND {after}",
         [readings_from, readings_until, *params],

@@ -34,7 +34,7 @@ from resources.deadletter_store import (
     publish_starts,
     unpublished_dead_letters,
 )
-from resources.errors import CommitConflict, TopicRecreated, WarehouseError, WarehouseLocked
+from resources.errors import CommitConflict, TopicRecreated, WarehouseError
 from resources.ingest_store import (
     BatchRows,
     LedgerConflict,
@@ -52,7 +52,7 @@ from resources.kafka import (
 )
 from resources.kafka_range import ProcessRangeReader
 from resources.tables import DEAD_LETTER_EVENTS as DEAD_LETTER_TABLE
-from resources.warehouse import BatchWriter, DuckDBWarehouseResource
+from resources.warehouse import DuckDBWarehouseResource
 
 RAW_EVENTS = dg.AssetKey("raw_events")
 CLEANED_EVENTS = dg.AssetKey("cleaned_events")
@@ -158,7 +158,6 @@ def drain(
         reader: KafkaRangeReader | ProcessRangeReader = stack.enter_context(
             kafka.reader(config.topic)
         )
-        writer = stack.enter_context(warehouse.batch_writer())
         deadletters = stack.enter_context(
             kafka.dead_letter_publisher(config.topic, config.deadletter_topic, DEAD_LETTER_TABLE)
         )
@@ -182,7 +181,7 @@ def drain(
                 try:
                     _ingest_one(
                         kafka,
-                        writer,
+                        warehouse,
                         deadletters,
                         config,
                         run_id,
@@ -228,7 +227,7 @@ def drain(
 
 def _ingest_one(
     kafka: KafkaResource,
-    writer: BatchWriter,
+    warehouse: DuckDBWarehouseResource,
     deadletters: DeadLetterPublisher,
     config: IngestConfig,
     run_id: str | None,
@@ -241,16 +240,15 @@ def _ingest_one(
     now = dt.datetime.now(dt.UTC)
     frames = build_ingest_frames(batch.frame, config.topic, batch_id, now)
     publish = pl.lit(publish_from).alias("publish_from")
-    # On a lake a commit can be refused for a concurrent change of the same tables that
+    # A commit can be refused for a concurrent change of the same tables that
     # is not another ingest of these partitions (a dead-letter mark, the raw retention's
     # delete): the batch is then written again in a new transaction, which re-checks the
     # ledger (a LedgerConflict, not a retry, when another writer took the range).
     for attempt in range(COMMIT_ATTEMPTS):
         try:
-            with writer.transaction() as tx:
-                # Stamped again now that the transaction is open: in a DuckDB file (one
-                # writing process) rows committed after a window refresh then have an
-                # ingested_at after its seen_until. (A lake's refresh goes by snapshot.)
+            with warehouse.transaction() as tx:
+                # Stamped again now that the transaction is open, so ingested_at is as
+                # close to the commit as it can be (the refreshes go by snapshot).
                 stamped = frames.stamped(dt.datetime.now(dt.UTC))
                 written = write_batch(
                     tx,
@@ -281,7 +279,7 @@ def _ingest_one(
     # reaches the topic once. One too large for the topic goes as a pointer to its row.
     if frames.dead_letters.height:
         deadletters.publish(_letters(frames.dead_letters))
-        _mark_published(writer, frames.dead_letters)
+        _mark_published(warehouse, frames.dead_letters)
     kafka.commit_offsets(config.topic, batch.end_offsets)
     totals.batches += 1
     totals.messages += batch.size
@@ -296,12 +294,12 @@ def _ingest_one(
     totals.latency.add(written.inserted_ts, committed_at)
 
 
-def _mark_published(writer: BatchWriter, dead_letters: pl.DataFrame) -> None:
-    """Mark the batch's dead letters published; again when a lake refuses the commit for
+def _mark_published(warehouse: DuckDBWarehouseResource, dead_letters: pl.DataFrame) -> None:
+    """Mark the batch's dead letters published; again when the lake refuses the commit for
     a concurrent writer's rows (marking is idempotent)."""
     for attempt in range(COMMIT_ATTEMPTS):
         try:
-            with writer.transaction() as tx:
+            with warehouse.transaction() as tx:
                 mark_dead_letters_published(tx, dead_letters, dt.datetime.now(dt.UTC))
             return
         except CommitConflict:
@@ -395,7 +393,7 @@ def build_ingest_events(defaults: IngestConfig) -> dg.AssetsDefinition:
         ],
         name="ingest_events",
         # One shard: in the writer pool with every other writer, and the run refreshes
-        # the live hour's windows itself. Several (a lake only): the shards run side by
+        # the live hour's windows itself. Several: the shards run side by
         # side, one run per shard at a time (the run queue's limit on SHARD_TAG), and
         # the windows are refreshed by windowed_aggregates runs, which keep the pool's
         # serialization (their deletes would conflict with each other on a lake).
@@ -480,7 +478,7 @@ def _table_rows(
     try:
         with warehouse.session() as session:
             return table_rows(session)
-    except (WarehouseError, WarehouseLocked) as error:
+    except WarehouseError as error:
         log.warning(f"row counts not recorded: {error}")
         return None
 

@@ -276,8 +276,8 @@ def churn_scores(
     deps=[CLEANED_EVENTS, WINDOWED_AGGREGATES],
     partitions_def=HOURLY,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    # Not in the writer pool: it holds the DuckDB file only for a short read and a short
-    # write per chunk (waiting for the file lock, bounded), never while it computes.
+    # Not in the writer pool: it reads a snapshot and writes each chunk in a short
+    # transaction, redone when the lake refuses the commit (see below).
     description="One anomaly score per clean sensor reading against its device's "
     "trailing baseline (ml.anomaly_scores); a partition is one hour of event time.",
 )

@@ -21,7 +21,7 @@ from resources.tables import (
     WINDOW_PARTITIONS,
 )
 from resources.warehouse import DuckDBWarehouseResource
-from resources.watermark import row_columns, seen_sql
+from resources.watermark import ROW_COLUMNS, seen_sql
 
 EXAMPLES = 20
 
@@ -62,15 +62,14 @@ def _no_rows(
 def complete(warehouse: DuckDBWarehouseResource, hours: HourRange) -> dg.AssetCheckResult:
     """Per partition, the 1-minute counts add up to the clean events of that hour."""
     # Clean rows ingested after the run read its snapshot are not expected in its windows.
-    lake = warehouse.is_lake
     wrong = warehouse.query(
         f"""
         WITH {_RUN_HOURS},
         clean AS (
             SELECT r.h, count(c.ts) AS n FROM run_hours AS r LEFT JOIN (
-                SELECT ts, {row_columns(lake)} FROM {SENSOR_READINGS}
-                UNION ALL SELECT ts, {row_columns(lake)} FROM {USER_ACTIVITY}) AS c
-              ON c.ts >= r.h AND c.ts < r.h + INTERVAL 1 HOUR AND {seen_sql(lake, "c", "r")}
+                SELECT ts, {ROW_COLUMNS} FROM {SENSOR_READINGS}
+                UNION ALL SELECT ts, {ROW_COLUMNS} FROM {USER_ACTIVITY}) AS c
+              ON c.ts >= r.h AND c.ts < r.h + INTERVAL 1 HOUR AND {seen_sql("c", "r")}
             GROUP BY r.h),
         windows AS (
             SELECT r.h, coalesce(sum(w.n), 0) AS n FROM run_hours AS r LEFT JOIN (

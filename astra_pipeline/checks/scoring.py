@@ -216,7 +216,7 @@ def churn_features_no_future_leakage(
                 count(*) FILTER (WHERE a.ts >= d.day_end - INTERVAL 336 HOUR
                                  AND a.ts < d.day_end - INTERVAL 168 HOUR) AS events_prev7
             FROM days AS d JOIN {USER_ACTIVITY} AS a
-              ON a.ts < d.day_end AND {seen_sql(warehouse.is_lake, "a", "d")}
+              ON a.ts < d.day_end AND {seen_sql("a", "d")}
             GROUP BY ALL),
         user_stored AS (
             SELECT f.*, d.day_end FROM {USER_CHURN} AS f JOIN days AS d ON f.as_of_day = d.d),
@@ -224,7 +224,7 @@ def churn_features_no_future_leakage(
             SELECT d.d AS as_of_day, d.day_end, r.device_id, max(r.ts) AS last_ts,
                 count(*) FILTER (WHERE r.ts >= d.day_start) AS readings
             FROM days AS d JOIN {SENSOR_READINGS} AS r
-              ON r.ts < d.day_end AND {seen_sql(warehouse.is_lake, "r", "d")}
+              ON r.ts < d.day_end AND {seen_sql("r", "d")}
             GROUP BY ALL),
         device_stored AS (
             SELECT f.* FROM {DEVICE_HEALTH} AS f JOIN days AS d ON f.as_of_day = d.d),
@@ -295,7 +295,7 @@ def anomaly_scores_complete(
         readings AS (
             SELECT r.event_id FROM run_parts AS p JOIN {SENSOR_READINGS} AS r
               ON r.ts >= p.p AND r.ts < p.p + INTERVAL 1 HOUR
-              AND {seen_sql(warehouse.is_lake, "r", "p")}),
+              AND {seen_sql("r", "p")}),
         scores AS (
             SELECT s.event_id, count(*) AS n FROM run_parts AS p JOIN {ANOMALY_SCORES} AS s
               ON s.ts >= p.p AND s.ts < p.p + INTERVAL 1 HOUR GROUP BY s.event_id)
