@@ -1,7 +1,9 @@
 """`astra api` benchmark: the ingestion gateway and the read API, in one run.
 
 One embedded (Tansu, in-memory) broker, one fresh Postgres database on --pg (dropped at
-the end), one real `astra api` process (uvicorn, loopback, no keys, rate limit 1e9):
+the end), one real `astra api` process (uvicorn, loopback, no keys, rate limit 1e9) whose
+warehouse is an empty lake of its own (a second fresh database on --pg as its catalog,
+dropped at the end, and a temporary folder; nothing here reads it):
 
 1. serving tables loaded through PostgresServingResource.replace_partition (the serving
    copy's own DELETE + COPY), then VACUUM ANALYZEd: agg.sensor_1m with DEVICES x MINUTES rows
@@ -891,9 +893,12 @@ def run(args: argparse.Namespace, command: str, tools: dict[str, Any], tmp: Path
     load_before = os.getloadavg()
     started = time.perf_counter()
     db, pg = create_database(args.pg)
+    lake_db = ""
     results: dict[str, Any] = {"command": command, "machine": machine()}
     api: ApiProcess | None = None
     try:
+        # Not the lake of the environment: one of its own, empty (no lake is made in it).
+        lake_db, lake_catalog = create_database(args.pg)
         log(f"loading the serving tables into database {db}")
         results["tables"] = load_serving(pg, args)
         with EmbeddedBroker(log_path=tmp / "broker.log") as broker:
@@ -906,8 +911,9 @@ def run(args: argparse.Namespace, command: str, tools: dict[str, Any], tmp: Path
                 "ASTRA_KAFKA_BOOTSTRAP_SERVERS": servers,
                 "ASTRA_TOPIC_RAW": topic,
                 "ASTRA_PG_URL": pg,
-                "ASTRA_DUCKDB_PATH": str(tmp / "astra.duckdb"),
-                "ASTRA_LAKE_CATALOG": "",
+                "ASTRA_LAKE_CATALOG": lake_catalog,
+                "ASTRA_LAKE_DATA_PATH": str(tmp / "lake"),
+                "ASTRA_LAKE_METADATA_SCHEMA": "astra_lake",
                 "ASTRA_API_KEYS": "",
                 "ASTRA_API_RATE_LIMIT_PER_S": "1e9",
             }
@@ -946,6 +952,8 @@ def run(args: argparse.Namespace, command: str, tools: dict[str, Any], tmp: Path
         if api is not None:
             api.stop()
         drop_database(args.pg, db)
+        if lake_db:
+            drop_database(args.pg, lake_db)
     load_after = os.getloadavg()
     results["load"] = (
         f"1-minute load average {load_before[0]:.2f} at the start, {load_after[0]:.2f} at the "

@@ -1,7 +1,8 @@
 """Fault injection, end to end: no message and no dead run may stop ingestion.
 
 One embedded broker (Tansu, in memory, loopback), a fresh 6-partition topic with its
-dead-letter and alerts topics, a fresh DuckDB file, a fresh SQLite Dagster instance
+dead-letter and alerts topics, a fresh lake (DuckLake: its catalog in a private Postgres,
+its Parquet files in the work folder), a fresh SQLite Dagster instance
 (dagster.embedded.yaml) and `dagster-daemon run -w workspace.yaml` with every sensor on
 (kafka_events_sensor every 2 s). For --produce-seconds a producer thread paces:
 
@@ -13,8 +14,10 @@ dead-letter and alerts topics, a fresh DuckDB file, a fresh SQLite Dagster insta
 
 Meanwhile the main thread SIGKILLs the worker of --kills ingest runs (right after
 RUN_START, after batch N of the pooled step, at a random moment; a few together with
-the worker's code server), and a reader thread opens the DuckDB file read-only in a
-loop. Nobody touches the instance: no launches, no slot freeing, no deletions.
+the worker's code server), and a reader thread reads the lake (count of raw.events) in
+a loop; a lake reader never waits for the writers, so what it saw is reported: its reads,
+the counts it saw, whether one went down, its errors and its slowest read. Nobody
+touches the instance: no launches, no slot freeing, no deletions.
 
 What must happen to each message is decided here, independently of the pipeline: the
 simulator's own label for simulated messages, the pydantic contract
@@ -61,13 +64,16 @@ import dagster as dg  # noqa: E402
 import duckdb  # noqa: E402
 import polars as pl  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition  # noqa: E402
-from embedded_daemon import INSTANCE_YAML, ROOT  # noqa: E402
+from embedded_daemon import INSTANCE_YAML, ROOT, lake_catalog, lake_env  # noqa: E402
 
 from astra_pipeline.events import MAX_FUTURE_SKEW, EventRejected, parse_event  # noqa: E402
 from astra_pipeline.jobs import INGEST_JOB_NAME  # noqa: E402
 from astra_pipeline.simulator import SimulatedMessage, SimulatorConfig, generate  # noqa: E402
 from resources.broker import EmbeddedBroker  # noqa: E402
+from resources.errors import WarehouseError  # noqa: E402
 from resources.kafka import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, KafkaResource  # noqa: E402
+from resources.warehouse import DuckDBWarehouseResource  # noqa: E402
+from resources.warehouse_session import WarehouseSession  # noqa: E402
 
 PARTITIONS = 6
 SENSOR_INTERVAL_S = 2
@@ -577,20 +583,21 @@ class Production(threading.Thread):
 class Daemon:
     process: subprocess.Popen[bytes]
     home: Path
-    duckdb_path: Path
+    warehouse: DuckDBWarehouseResource
+    """The daemon's lake (its catalog outlives the daemon: the checks read it after)."""
     log_path: Path
 
 
 @contextlib.contextmanager
-def running_daemon(workdir: Path, env_extra: dict[str, str]) -> Iterator[Daemon]:
+def running_daemon(
+    workdir: Path, warehouse: DuckDBWarehouseResource, env_extra: dict[str, str]
+) -> Iterator[Daemon]:
     home = workdir / "dagster_home"
     home.mkdir()
     shutil.copy(INSTANCE_YAML, home / "dagster.yaml")
-    duckdb_path = workdir / "astra.duckdb"
     env = {
-        **os.environ,
+        **lake_env(warehouse),
         "DAGSTER_HOME": str(home),
-        "ASTRA_DUCKDB_PATH": str(duckdb_path),
         "ASTRA_SENSOR_INTERVAL_S": str(SENSOR_INTERVAL_S),
         **env_extra,
     }
@@ -605,7 +612,7 @@ def running_daemon(workdir: Path, env_extra: dict[str, str]) -> Iterator[Daemon]
             start_new_session=True,
         )
     try:
-        yield Daemon(process, home, duckdb_path, log_path)
+        yield Daemon(process, home, warehouse, log_path)
     finally:
         stop_group(process)
 
@@ -631,43 +638,46 @@ def stop_group(process: subprocess.Popen[bytes]) -> None:
 
 
 class ReadOnlyReader(threading.Thread):
-    """Opens the DuckDB file read-only in a loop, counts raw.events, closes."""
+    """Counts raw.events in a loop, each time through a new read-only connection to the
+    lake (``warehouse.query``: the latest committed snapshot)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, warehouse: DuckDBWarehouseResource) -> None:
         super().__init__(name="reader", daemon=True)
-        self.path = path
+        self.warehouse = warehouse
         self.stop = threading.Event()
         self.attempts = 0
         self.reads = 0
-        self.lock_errors = 0
         self.not_ready = 0
         self.other_errors: Counter[str] = Counter()
         self.decreases = 0
+        self.counts: set[int] = set()
+        """The distinct counts it saw."""
+        self.slowest_s = 0.0
+        """The longest successful read."""
         self.last: tuple[float, int] | None = None
         """(time.time(), count) of the latest successful read."""
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.attempts += 1
+            t0 = time.perf_counter()
             try:
-                con = duckdb.connect(str(self.path), read_only=True)
-                try:
-                    row = con.execute("SELECT count(*) FROM raw.events").fetchone()
-                finally:
-                    con.close()
-            except duckdb.Error as error:
+                count = int(self.warehouse.query("SELECT count(*) FROM raw.events").item())
+            except WarehouseError as error:
                 text = str(error)
-                if "lock" in text.lower():
-                    self.lock_errors += 1
-                elif isinstance(error, duckdb.CatalogException) or not self.path.exists():
+                # No lake yet (before the first run created it), or no table yet.
+                if text.startswith("no lake at") or isinstance(
+                    error.__cause__, duckdb.CatalogException
+                ):
                     self.not_ready += 1
                 else:
                     self.other_errors[f"{type(error).__name__}: {text[:160]}"] += 1
             else:
-                count = int(row[0]) if row else 0
+                self.slowest_s = max(self.slowest_s, time.perf_counter() - t0)
                 if self.last is not None and count < self.last[1]:
                     self.decreases += 1
                 self.last = (time.time(), count)
+                self.counts.add(count)
                 self.reads += 1
             self.stop.wait(0.2)
 
@@ -1036,15 +1046,15 @@ def read_deadletter_topic(servers: str, topic: str) -> dict[str, Any]:
 
 
 def replays(
-    con: duckdb.DuckDBPyConnection, topic: str, replayed: dict[str, int]
+    session: WarehouseSession, topic: str, replayed: dict[str, int]
 ) -> list[dict[str, Any]]:
     """Group the dead letters sent more than once by partition and by the ledger batch
     (run) that finally committed them."""
-    ledger = con.execute(
+    ledger = session.query(
         'SELECT "partition", start_offset, end_offset, run_id, committed_at,'
         " epoch(committed_at) FROM ops.ingest_ledger WHERE topic = ?",
         [topic],
-    ).fetchall()
+    ).rows()
     groups: dict[tuple[int, str], dict[str, Any]] = {}
     for source in replayed:
         _, partition_text, offset_text = source.rsplit("/", 2)
@@ -1067,7 +1077,7 @@ def replays(
     return sorted(groups.values(), key=lambda g: (g["committed_at_epoch"], g["partition"]))
 
 
-def _where(con: duckdb.DuckDBPyConnection, partition: int, offset: int) -> dict[str, Any]:
+def _where(session: WarehouseSession, partition: int, offset: int) -> dict[str, Any]:
     """Where one message ended up in the warehouse (for the evidence of a failed check)."""
     out: dict[str, Any] = {"partition": partition, "offset": offset}
     for table in (
@@ -1076,21 +1086,21 @@ def _where(con: duckdb.DuckDBPyConnection, partition: int, offset: int) -> dict[
         "clean.user_activity",
         "clean.duplicate_events",
     ):
-        row = con.execute(
+        count = session.scalar(
             f'SELECT count(*) FROM {table} WHERE "partition" = ? AND "offset" = ?',
             [partition, offset],
-        ).fetchall()
-        out[table] = int(row[0][0]) if row else 0
-    dead = con.execute(
+        )
+        out[table] = int(count or 0)
+    dead = session.query(
         'SELECT reason FROM clean.dead_letter_events WHERE "partition" = ? AND "offset" = ?',
         [partition, offset],
-    ).fetchall()
+    ).rows()
     out["dead_letter_reasons"] = [r[0][:200] for r in dead]
     return out
 
 
 def verify(
-    con: duckdb.DuckDBPyConnection,
+    session: WarehouseSession,
     topic: str,
     expected: Expected,
     dlq: dict[str, Any],
@@ -1100,9 +1110,8 @@ def verify(
     produced = expected.delivered
 
     def scalar(sql: str, params: list[Any] | None = None) -> int:
-        # fetchall: a result left half-read blocks the next statement on the connection.
-        rows = con.execute(sql, params).fetchall()
-        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+        value = session.scalar(sql, params)
+        return int(value) if value is not None else 0
 
     contiguous = all(count == top + 1 for count, top in expected.partitions.values())
     checks.add(
@@ -1125,11 +1134,11 @@ def verify(
 
     ledger = scalar("SELECT coalesce(sum(message_count), 0) FROM ops.ingest_ledger")
     figures["ledger_messages"] = ledger
-    rows = con.execute(
+    rows = session.query(
         'SELECT "partition", start_offset, end_offset FROM ops.ingest_ledger WHERE topic = ?'
         " ORDER BY 1, 2",
         [topic],
-    ).fetchall()
+    ).rows()
     gaps = 0
     ends: dict[int, int] = {}
     for partition, start, end in rows:
@@ -1145,8 +1154,8 @@ def verify(
         f"gaps or overlaps {gaps}, every partition ends at its last offset + 1: {complete}",
     )
 
-    sensor = con.sql("SELECT event_id FROM clean.sensor_readings").pl()["event_id"]
-    user = con.sql("SELECT event_id FROM clean.user_activity").pl()["event_id"]
+    sensor = session.frame("SELECT event_id FROM clean.sensor_readings")["event_id"]
+    user = session.frame("SELECT event_id FROM clean.user_activity")["event_id"]
     got_sensor, got_user = set(sensor.to_list()), set(user.to_list())
     want = len(expected.sensor_ids) + len(expected.user_ids)
     figures["clean_rows"] = sensor.len() + user.len()
@@ -1160,11 +1169,11 @@ def verify(
         sample_extra = sorted(extra)[:5]
         dup_rows = []
         for event_id in sample_missing:
-            dup_rows += con.execute(
+            dup_rows += session.query(
                 'SELECT event_id, "partition", "offset" FROM clean.duplicate_events'
                 " WHERE event_id = ?",
                 [event_id],
-            ).fetchall()
+            ).rows()
         evidence = (
             f"; missing (sample) {sample_missing}, of which in duplicate_events {dup_rows};"
             f" unexpected (sample) {[i[:80] for i in sample_extra]}"
@@ -1186,7 +1195,7 @@ def verify(
         f"(expected {expected_both})",
     )
 
-    dead = con.sql('SELECT "partition", "offset" FROM clean.dead_letter_events').pl()
+    dead = session.frame('SELECT "partition", "offset" FROM clean.dead_letter_events')
     dead_set = set(zip(dead["partition"].to_list(), dead["offset"].to_list(), strict=True))
     figures["dead_letters"] = dead.height
     want_dead = set(expected.dead)
@@ -1196,9 +1205,9 @@ def verify(
     if missing_dead or extra_dead:
         evidence = (
             f"; expected but not dead-lettered (sample): "
-            f"{[(expected.dead[c], _where(con, *c)) for c in missing_dead[:5]]}"
+            f"{[(expected.dead[c], _where(session, *c)) for c in missing_dead[:5]]}"
             f"; dead-lettered but expected clean (sample): "
-            f"{[_where(con, *c) for c in extra_dead[:5]]}"
+            f"{[_where(session, *c) for c in extra_dead[:5]]}"
         )
     checks.add(
         "dead_letters_equal_expected",
@@ -1221,9 +1230,9 @@ def verify(
 
     late = 0
     if expected.future:
-        frame = con.sql(
+        frame = session.frame(
             'SELECT "partition", "offset", epoch(ingested_at) AS at FROM raw.events'
-        ).pl()
+        )
         future = pl.DataFrame(
             {
                 "partition": [c[0] for c in expected.future],
@@ -1250,7 +1259,7 @@ def verify(
     figures["deadletter_topic_distinct_sources"] = len(sources)
     figures["deadletter_topic_pointers"] = len(dlq["pointers"])
     figures["deadletter_topic_replayed_records"] = sum(replayed.values()) - len(replayed)
-    figures["deadletter_topic_replays"] = replays(con, topic, replayed)
+    figures["deadletter_topic_replays"] = replays(session, topic, replayed)
     checks.add(
         "deadletter_topic_has_every_dead_letter",
         set(sources) == want_sources,
@@ -1353,7 +1362,10 @@ def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
         json.dumps(code_before, sort_keys=True).encode()
     ).hexdigest()[:16]
     broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+    catalog = contextlib.ExitStack()
     try:
+        # The lake's catalog outlives the daemon: the checks read the lake after it.
+        warehouse, _ = catalog.enter_context(lake_catalog(workdir)).new()
         servers = broker.bootstrap_servers
         topic = f"faults_{uuid.uuid4().hex[:8]}"
         dlq_topic, alerts = f"{topic}_dlq", f"{topic}_alerts"
@@ -1370,7 +1382,7 @@ def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
         if args.max_batch_size:
             env["ASTRA_MAX_BATCH_SIZE"] = str(args.max_batch_size)
         summary["topics"] = {"raw": topic, "deadletter": dlq_topic, "alerts": alerts}
-        with running_daemon(workdir, env) as daemon:
+        with running_daemon(workdir, warehouse, env) as daemon:
             log(f"daemon pid {daemon.process.pid}, broker {servers}, workdir {workdir}")
             instance = dg.DagsterInstance.from_config(str(daemon.home))
             t0 = time.time() + 2.0
@@ -1384,7 +1396,7 @@ def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 args.produce_seconds,
             )
             production = Production(servers, topic, traffic, t0, args.produce_seconds)
-            reader = ReadOnlyReader(daemon.duckdb_path)
+            reader = ReadOnlyReader(daemon.warehouse)
             kills = plan_kills(args.kills, t0, args.produce_seconds, rng)
             injector = Injector(instance, daemon.process.pid, production, kills, rng)
             log(f"producing {traffic.total:,} messages over {args.produce_seconds:.0f}s")
@@ -1441,21 +1453,18 @@ def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
             "pointer_dead_letters": len(expected.pointers),
         }
         dlq = read_deadletter_topic(servers, dlq_topic)
-        con = duckdb.connect(str(daemon.duckdb_path), read_only=True)
-        try:
-            checks, figures = verify(con, topic, expected, dlq)
-            [last_commit_row] = con.execute(
+        with daemon.warehouse.session(read_only=True) as session:
+            checks, figures = verify(session, topic, expected, dlq)
+            last_commit_epoch = session.scalar(
                 "SELECT epoch(max(committed_at)) FROM ops.ingest_ledger"
-            ).fetchall()
-        finally:
-            con.close()
+            )
         summary["warehouse"] = figures
         for replay in figures["deadletter_topic_replays"]:
             before = [
                 k for k in kills if k.killed_at and k.killed_at < replay["committed_at_epoch"]
             ]
             replay["last_kill_before"] = before[-1].index if before else None
-        last_commit = float(last_commit_row[0]) if last_commit_row and last_commit_row[0] else None
+        last_commit = float(last_commit_epoch) if last_commit_epoch else None
         summary["kills"] = [_kill_record(k) for k in kills]
         summary["kill_summary"] = kill_summary(kills)
         caught_up = figures["ledger_messages"] == produced and last_commit is not None
@@ -1473,8 +1482,10 @@ def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
         summary["reader"] = {
             "attempts": reader.attempts,
             "successful_reads": reader.reads,
-            "lock_errors": reader.lock_errors,
-            "file_or_table_not_there_yet": reader.not_ready,
+            "distinct_counts_seen": len(reader.counts),
+            "last_count_seen": reader.last[1] if reader.last else None,
+            "slowest_read_s": round(reader.slowest_s, 3),
+            "lake_or_table_not_there_yet": reader.not_ready,
             "other_errors": dict(reader.other_errors),
             "count_decreased": reader.decreases,
         }
@@ -1492,6 +1503,7 @@ def run_benchmark(args: argparse.Namespace, command: str) -> dict[str, Any]:
         if production.error or expected.failures:
             checks.add("production_completed", False, production.error or expected.failures[0])
     finally:
+        catalog.close()
         broker.stop()
     summary["checks"] = checks.results
     summary["passed"] = checks.passed
@@ -1684,8 +1696,9 @@ def _add_run_checks(
     checks.add(
         "read_only_reader_never_saw_the_count_go_down",
         reader.reads > 0 and reader.decreases == 0 and not reader.other_errors,
-        f"{reader.reads:,} reads of {reader.attempts:,} attempts, {reader.lock_errors:,} lock "
-        f"errors (tolerated), other errors {dict(reader.other_errors)}, decreases "
+        f"{reader.reads:,} reads of {reader.attempts:,} attempts ({reader.not_ready:,} before "
+        f"the lake or its tables existed), {len(reader.counts):,} distinct counts, slowest "
+        f"read {reader.slowest_s:.2f} s, other errors {dict(reader.other_errors)}, decreases "
         f"{reader.decreases}",
     )
 
@@ -1707,8 +1720,9 @@ def write_doc(summary: dict[str, Any], path: Path) -> None:
         "",
         "Measured by `bench/faults.py`: the whole system (embedded broker, `dagster-daemon`",
         "with the sensors on, a fresh SQLite instance from `dagster.embedded.yaml`, a fresh",
-        "DuckDB file), traffic with malformed, adversarial and fuzzed messages, and ingest",
-        "run workers SIGKILLed while it runs. Nobody touches the instance.",
+        "lake: its catalog in a private Postgres, its Parquet files in the work folder),",
+        "traffic with malformed, adversarial and fuzzed messages, and ingest run workers",
+        "SIGKILLed while it runs. Nobody touches the instance.",
         "",
         "## Command",
         "",
@@ -1770,9 +1784,14 @@ def write_doc(summary: dict[str, Any], path: Path) -> None:
         f"median {ks['kill_to_failure_median_s']} s, max {ks['kill_to_failure_max_s']} s "
         f"(worker only: max {ks['worker_only_max_s']} s; with its code server: max "
         f"{ks['with_server_max_s']} s); {ks['marked_failure']} of {ks['performed']} killed "
-        "runs marked FAILURE. A read-only DuckDB reader ran throughout: "
-        f"{summary['reader']['successful_reads']:,} reads, "
-        f"{summary['reader']['lock_errors']:,} lock errors (tolerated).",
+        "runs marked FAILURE. A read-only reader of the lake ran throughout (a lake reader "
+        "never waits for the writers): "
+        f"{summary['reader']['successful_reads']:,} reads of "
+        f"{summary['reader']['attempts']:,} attempts, "
+        f"{summary['reader']['distinct_counts_seen']:,} distinct counts of raw.events seen, "
+        f"the count went down {summary['reader']['count_decreased']} times, slowest read "
+        f"{summary['reader']['slowest_read_s']} s, other errors "
+        f"{len(summary['reader']['other_errors'])}.",
         "",
         "| # | Phase | Code server too | Batches committed | Step at kill | Status "
         "| Kill to RUN_FAILURE (s) |",
@@ -1879,7 +1898,8 @@ def write_doc(summary: dict[str, Any], path: Path) -> None:
         "  `deadletter_topic_one_record_per_dead_letter` checks that no dead letter was sent",
         "  twice (docs/exactly-once.md: exactly once, by an outbox in the dead-letter table),",
         "  `deadletter_topic_has_every_dead_letter` that none is missing.",
-        f"- The run's files (daemon log, instance, DuckDB file) are in `{summary['workdir']}`.",
+        "- The run's files (daemon log, instance, the lake's Parquet files and, unless run "
+        f"as root, its catalog's Postgres data) are in `{summary['workdir']}`.",
         "",
     ]
     path.write_text("\n".join(lines))

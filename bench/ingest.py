@@ -1,14 +1,19 @@
-"""In-process ingest benchmark: Kafka (embedded broker) -> DuckDB raw + clean tables.
+"""In-process ingest benchmark: Kafka (embedded broker) -> the lake's raw + clean tables.
 
-One run, one embedded broker, one simulated data set (with a share of malformed events):
+One run, one embedded broker, one simulated data set (with a share of malformed events),
+one private Postgres holding the catalog of every lake (DuckLake: a catalog database and
+a temporary Parquet folder each; ``bench/embedded_daemon.py``'s ``lake_catalog``):
 
 1. produce N events to a 6-partition topic;
 2. ceilings: librdkafka's raw consume rate (confluent-kafka ``consume(10000)``, touching
    each message's value, key, partition and offset: the physical ceiling), and our own
    reader (KafkaRangeReader) alone;
-3. ours: ``drain()`` into a fresh DuckDB file (steady state, first batch excluded);
-4. naive: one ``poll()`` + ``parse_event`` + one INSERT per message (on the first K);
-5. peak RSS of ``drain()`` in a child process for two topic sizes.
+3. ours: ``drain()`` into a fresh lake (steady state, first batch excluded);
+4. naive: one ``poll()`` + ``parse_event`` + one INSERT per message (on the first K) into
+   a plain DuckDB file in autocommit mode (a baseline, not our storage);
+5. the whole system: a backlog drained by dagster-daemon's sensor-launched runs into a
+   fresh lake;
+6. peak RSS of ``drain()`` (into a fresh lake) in a child process for two topic sizes.
 
 Usage: .venv/bin/python bench/ingest.py --events 1000000
 """
@@ -32,13 +37,13 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 from confluent_kafka import Consumer, KafkaError, TopicPartition
-from embedded_daemon import INSTANCE_YAML, embedded_daemon
+from embedded_daemon import INSTANCE_YAML, embedded_daemon, lake_catalog
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.events import EventRejected, SensorReading, parse_event
 from astra_pipeline.simulator import SimulatorConfig, generate
 from resources.broker import EmbeddedBroker
-from resources.errors import WarehouseError, WarehouseLocked
+from resources.errors import WarehouseError
 from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -66,10 +71,11 @@ def close(self):
     worker_hwm[0] = max(worker_hwm[0], peak)
     original_close(self)
 ProcessRangeReader.close = close
-servers, group, topic, dlq, path, batch = sys.argv[1:7]
+servers, group, topic, dlq, catalog, data_path, schema, batch = sys.argv[1:9]
 before = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 kafka = KafkaResource(bootstrap_servers=servers, consumer_group=group)
-warehouse = DuckDBWarehouseResource(path=path)
+warehouse = DuckDBWarehouseResource(lake_catalog=catalog, lake_data_path=data_path,
+                                    lake_metadata_schema=schema)
 config = IngestConfig(topic=topic, deadletter_topic=dlq, max_batch_size=int(batch),
                       time_budget_s=3600)
 t0 = time.perf_counter()
@@ -81,6 +87,8 @@ print(json.dumps({"messages": totals.messages, "batches": totals.batches,
                   "seconds": seconds, "rss_before_kb": before, "rss_peak_kb": hwm,
                   "ru_maxrss_kb": ru_peak, "worker_peak_kb": worker_hwm[0]}))
 """
+"""Peak memory of one drain into a lake (`python -c CHILD servers group topic dlq catalog
+data_path schema batch`, from the repository root): one JSON line."""
 
 
 def log(message: str) -> None:
@@ -152,7 +160,8 @@ def raw_consume(servers: str, topic: str, count: int) -> float:
 
 
 def naive(servers: str, topic: str, count: int, path: str) -> dict[str, float]:
-    """One message at a time: poll(), parse_event, one autocommitted INSERT per row."""
+    """One message at a time: poll(), parse_event, one autocommitted INSERT per row into
+    a plain DuckDB file at ``path`` (the hand-written baseline, not the warehouse)."""
     con = duckdb.connect(path)
     con.execute(
         "CREATE TABLE raw_events (partition INTEGER, kafka_offset BIGINT, key BLOB, "
@@ -256,7 +265,9 @@ def naive(servers: str, topic: str, count: int, path: str) -> dict[str, float]:
     return {"messages": done, "clean": clean, "dead": dead, "seconds": seconds}
 
 
-def rss_child(servers: str, topic: str, dlq: str, path: str) -> dict[str, float]:
+def rss_child(
+    servers: str, topic: str, dlq: str, warehouse: DuckDBWarehouseResource
+) -> dict[str, float]:
     out = subprocess.run(
         [
             sys.executable,
@@ -266,7 +277,9 @@ def rss_child(servers: str, topic: str, dlq: str, path: str) -> dict[str, float]
             f"rss-{uuid.uuid4().hex[:6]}",
             topic,
             dlq,
-            path,
+            warehouse.lake_catalog,
+            warehouse.lake_data_path,
+            warehouse.lake_metadata_schema,
             str(BATCH),
         ],
         cwd=ROOT,
@@ -281,9 +294,14 @@ def rss_child(servers: str, topic: str, dlq: str, path: str) -> dict[str, float]
 
 
 def whole_system(
-    servers: str, messages: list[tuple[bytes, bytes]], workdir: Path, timeout_s: float
+    servers: str,
+    messages: list[tuple[bytes, bytes]],
+    workdir: Path,
+    warehouse: DuckDBWarehouseResource,
+    timeout_s: float,
 ) -> dict[str, float]:
-    """A backlog drained by sensor-launched runs under dagster-daemon (SQLite instance).
+    """A backlog drained by sensor-launched runs under dagster-daemon (SQLite instance)
+    into ``warehouse``, a fresh lake.
 
     The backlog is produced first, then the daemon starts with the sensor on at its
     default interval; the clock runs from the first run's start (the instance's record)
@@ -293,13 +311,12 @@ def whole_system(
     topic, dlq = new_topic(admin, "bench_system")
     admin.produce_all(topic, messages)
     ingested = 0
-    with embedded_daemon(workdir, servers, topic, dlq) as daemon:
+    with embedded_daemon(workdir, servers, topic, dlq, warehouse) as daemon:
         home = daemon.home
-        warehouse = DuckDBWarehouseResource(path=str(daemon.duckdb_path), lock_timeout_s=1)
         deadline = time.monotonic() + timeout_s
         while ingested < len(messages) and time.monotonic() < deadline:
             time.sleep(1)
-            with contextlib.suppress(WarehouseError, WarehouseLocked):
+            with contextlib.suppress(WarehouseError):
                 ingested = int(
                     warehouse.query(
                         "SELECT coalesce(sum(message_count), 0) AS n FROM ops.ingest_ledger"
@@ -362,7 +379,7 @@ def main() -> None:
     gen_s = time.perf_counter() - t0
     rows.append(("Simulate (generate bytes, not Kafka)", fmt(n / gen_s), f"{n:,} in {gen_s:.2f}s"))
 
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker() as broker, lake_catalog(tmp) as lakes:
         servers = broker.bootstrap_servers
         admin = KafkaResource(bootstrap_servers=servers)
         topic, dlq = new_topic(admin, "bench")
@@ -412,7 +429,7 @@ def main() -> None:
 
         log("ours: drain() first batch only")
         kafka1 = KafkaResource(bootstrap_servers=servers, consumer_group="bench-first")
-        first_wh = DuckDBWarehouseResource(path=str(tmp / "first.duckdb"))
+        first_wh, _ = lakes.new()
         t0 = time.perf_counter()
         first = drain(
             kafka1,
@@ -425,7 +442,7 @@ def main() -> None:
 
         log("ours: drain() whole topic")
         kafka2 = KafkaResource(bootstrap_servers=servers, consumer_group="bench-full")
-        full_wh = DuckDBWarehouseResource(path=str(tmp / "full.duckdb"))
+        full_wh, _ = lakes.new()
         t0 = time.perf_counter()
         totals = drain(
             kafka2,
@@ -479,7 +496,7 @@ def main() -> None:
         ratio = steady / naive_rate
 
         log(f"whole system: {n:,}-event backlog, dagster-daemon + sensor-launched runs")
-        system = whole_system(servers, messages, tmp, args.system_timeout)
+        system = whole_system(servers, messages, tmp, lakes.new()[0], args.system_timeout)
         if "error" in system:
             system_rate = 0.0
             rows.append(("Whole system: daemon + sensor + runs", "failed", str(system["error"])))
@@ -502,11 +519,11 @@ def main() -> None:
             rss.append(
                 (
                     rss_small,
-                    rss_child(servers, small_topic, small_dlq, str(tmp / "rss_small.duckdb")),
+                    rss_child(servers, small_topic, small_dlq, lakes.new()[0]),
                 )
             )
         del messages
-        rss.append((n, rss_child(servers, topic, dlq, str(tmp / "rss_full.duckdb"))))
+        rss.append((n, rss_child(servers, topic, dlq, lakes.new()[0])))
         for size, child in rss:
             if "error" in child:
                 rows.append(
@@ -554,7 +571,9 @@ def main() -> None:
     doc = f"""# Ingest performance
 
 Measured by `bench/ingest.py`: one run, one embedded (Tansu, in-memory) broker, one
-simulated data set with {args.malformed:.0%} malformed events.
+simulated data set with {args.malformed:.0%} malformed events, one private Postgres
+(`resources.embedded_postgres`) holding the catalog of every lake the run writes (a
+database and a temporary Parquet folder per lake).
 
 ## Command
 
@@ -584,18 +603,20 @@ How each figure is measured:
   ingest is reported as a fraction of it.
 - **Our reader**: `kafka.reader(topic).read({{p: 0, ...}}, N)` alone; one read of the whole
   topic into a Polars frame. No validation, no DuckDB.
-- **Ours**: `drain()` (the body of the `ingest_events` asset) into a fresh DuckDB file with
-  `max_batch_size={BATCH:,}`: Kafka read, validation/cleaning, dead letters to their
-  topic, one DuckDB transaction per batch writing `raw.events`, the clean tables, the
-  dead-letter table and the ledger, then the group commit. Steady state = (N - first
-  batch) / (time of the full drain - time of a separate first-batch-only drain on a fresh
-  warehouse with `time_budget_s=0`); this removes start-up (schema creation, first
-  connection, first-batch warm-up).
+- **Ours**: `drain()` (the body of the `ingest_events` asset) into a fresh lake (DuckLake:
+  Postgres catalog + Parquet folder) with `max_batch_size={BATCH:,}`: Kafka read,
+  validation/cleaning, dead letters to their topic, one lake transaction per batch
+  writing `raw.events`, the clean tables, the dead-letter table and the ledger, then the
+  group commit. Steady state = (N - first batch) / (time of the full drain - time of a
+  separate first-batch-only drain into another fresh lake with `time_budget_s=0`); this
+  removes start-up (schema creation, the lake's first attach, first-batch warm-up).
 - **Naive**: a `confluent_kafka.Consumer` assigned to all partitions from offset 0,
   `poll()` one message at a time, `astra_pipeline.events.parse_event` per message, one
   `INSERT ... VALUES (?, ...)` per message into a raw table and a clean (or dead-letter)
-  table of a DuckDB file in autocommit mode, over the first {k:,} messages.
-- **Peak RSS**: `drain()` in a fresh child Python process (`python -c`), reading
+  table of a plain DuckDB file in autocommit mode, over the first {k:,} messages (a
+  hand-written baseline, not the warehouse).
+- **Peak RSS**: `drain()` into a fresh lake in a fresh child Python process (`python -c`),
+  reading
   the peak RSS of its own address space (`VmHWM` from `/proc/self/status`) at the end,
   and that of its helper reader process (read from `/proc/<pid>/status` just before
   it is closed).
@@ -605,9 +626,8 @@ How each figure is measured:
   peak for both sizes. Two topic sizes with the same
   batch size show that memory is bounded by the batch, not by the topic. A drain holds
   at most two batches (the one being written and the prefetched next one), the helper
-  reader process one more, and DuckDB what it writes in one writer hold (at most 4
-  transactions, `WRITER_HOLD_TRANSACTIONS`): a topic of more than 4 batches is at that
-  plateau, a smaller one below it.
+  reader process one more, and DuckDB the transaction of the batch being written (one
+  transaction per batch).
 - **Readers**: the first batch of a drain is read in the run's own process; when it is
   full (a backlog), later batches are read by a helper process
   (`resources/kafka_range_worker.py`), because turning messages into Python objects in
@@ -615,12 +635,13 @@ How each figure is measured:
   ~82,000 events/s with an in-process reader thread on the same data).
 - **Whole system**: the same {n:,} events produced to a fresh topic of the same broker;
   then `dagster-daemon run` starts on a fresh SQLite instance (this repository's
-  `{INSTANCE_YAML.name}`) with `kafka_events_sensor` on at its default interval, which
-  launches `ingest_events_job` runs (each a new process, each draining until the end or
-  its time budget). Time = last `committed_at` in `ops.ingest_ledger` minus the first
-  run's creation time (when the sensor requested it) from the instance's run records:
-  it includes run launch, code loading and the sensor ticks between runs, not the wait
-  for the first tick.
+  `{INSTANCE_YAML.name}`) and a fresh lake (env `ASTRA_LAKE_CATALOG`,
+  `ASTRA_LAKE_DATA_PATH`, `ASTRA_LAKE_METADATA_SCHEMA`) with `kafka_events_sensor` on
+  at its default interval, which launches `ingest_events_job` runs (each a new process,
+  each draining until the end or its time budget). Time = last `committed_at` in
+  `ops.ingest_ledger` minus the first run's creation time (when the sensor requested
+  it) from the instance's run records: it includes run launch, code loading and the
+  sensor ticks between runs, not the wait for the first tick.
 
 ## Targets
 

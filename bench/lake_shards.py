@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from bench_util import fmt, free_port, log, proc_cpu
+from embedded_daemon import Lakes, lake_env
 from ingest import PARTITIONS, machine, new_topic, raw_consume, simulate
-from lake import Lakes, lake_env
 
 from resources.broker import EmbeddedBroker
 from resources.embedded_postgres import EmbeddedPostgres
