@@ -1,16 +1,20 @@
-"""Serving copy benchmark: DuckDB -> Postgres for 1,000,000 aggregate rows.
+"""Serving copy benchmark: lake (DuckLake) -> Postgres for 1,000,000 aggregate rows.
 
-One run, one DuckDB file, one Postgres database (a fresh schema, dropped at the end):
+One run, one fresh lake (its catalog a database of a private Postgres started here,
+bench/embedded_daemon.py, its Parquet files in a temporary folder), one Postgres database
+to serve into (--pg; a fresh schema, dropped at the end):
 
-1. build a DuckDB table shaped like agg.sensor_1m (per device and minute: counts and
-   statistics of temperature and humidity, battery, status counts), N rows;
+1. build a lake table shaped like agg.sensor_1m (per device and minute: counts and
+   statistics of temperature and humidity, battery, status counts), N rows, in one
+   commit;
 2. ours: exactly what a serving asset does for one partition window: `read_partition`
-   (DuckDB -> Parquet -> polars), `ensure_table`, `replace_partition` (one transaction:
-   DELETE the window, COPY the rows, COMMIT) into a fresh table; then the same window
-   again (DELETE N + COPY N: a re-materialization);
-3. baselines on the first K rows, read from DuckDB row by row (fetchall), each into a
-   fresh table with the same DDL: a loop of single INSERTs in autocommit (each row its
-   own transaction), the same loop inside one transaction, and psycopg's executemany.
+   (lake -> Parquet -> polars, through the warehouse resource), `ensure_table`,
+   `replace_partition` (one transaction: DELETE the window, COPY the rows, COMMIT) into
+   a fresh table; then the same window again (DELETE N + COPY N: a re-materialization);
+3. baselines on the first K rows, read from the lake row by row (fetchall on a DuckDB
+   connection to it), each into a fresh table with the same DDL: a loop of single
+   INSERTs in autocommit (each row its own transaction), the same loop inside one
+   transaction, and psycopg's executemany.
 
 Usage: .venv/bin/python bench/serving.py --rows 1000000
 """
@@ -28,10 +32,11 @@ import time
 import uuid
 from pathlib import Path
 
-import duckdb
 import psycopg
+from embedded_daemon import lake_catalog
 
 from astra_pipeline.assets.serving import read_partition
+from resources.lake import open_lake
 from resources.serving import PostgresServingResource, ServingTableSpec, col
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -68,14 +73,15 @@ def spec_for(schema: str, table: str) -> ServingTableSpec:
     )
 
 
-def build_duckdb(path: Path, rows: int) -> tuple[dt.datetime, dt.datetime]:
-    """N aggregate rows: DEVICES devices x N/DEVICES minutes, deterministic values."""
+def build_lake(warehouse: DuckDBWarehouseResource, rows: int) -> tuple[dt.datetime, dt.datetime]:
+    """N aggregate rows: DEVICES devices x N/DEVICES minutes, deterministic values, in the
+    (fresh) lake's agg.sensor_1m, one commit."""
     stats = ", ".join(
         f"round(20 + 10 * sin(i * {k + 1}) + {k}, 3) AS {name}" for k, name in enumerate(STATS)
     )
-    with duckdb.connect(str(path)) as con:
-        con.execute("CREATE SCHEMA agg")
-        con.execute(
+    with warehouse.transaction() as tx:
+        tx.execute("CREATE SCHEMA IF NOT EXISTS agg")
+        tx.execute(
             f"""
             CREATE TABLE agg.sensor_1m AS
             SELECT TIMESTAMPTZ '{T0.isoformat()}' + to_minutes((i // {DEVICES})::BIGINT)
@@ -119,16 +125,21 @@ def ours(
     }
 
 
-def baseline(db: Path, pg: str, spec: ServingTableSpec, rows: int, mode: str) -> dict[str, float]:
-    """Row by row: fetch the first `rows` rows from DuckDB, one INSERT per row."""
+def baseline(
+    warehouse: DuckDBWarehouseResource, pg: str, spec: ServingTableSpec, rows: int, mode: str
+) -> dict[str, float]:
+    """Row by row: fetch the first `rows` rows from the lake, one INSERT per row."""
     names = ", ".join(f'"{c.name}"' for c in COLUMNS)
     marks = ", ".join(["%s"] * len(COLUMNS))
     insert = f"INSERT INTO {spec.table} ({names}) VALUES ({marks})"
     began = time.perf_counter()
-    with duckdb.connect(str(db), read_only=True) as con:
+    con = open_lake(warehouse.lake_location(), read_only=True)
+    try:
         data = con.execute(
             f"SELECT {names} FROM agg.sensor_1m ORDER BY window_start, device_id LIMIT ?", [rows]
         ).fetchall()
+    finally:
+        con.close()
     with psycopg.connect(pg, autocommit=(mode == "autocommit")) as conn:
         with conn.cursor() as cursor:
             if mode == "executemany":
@@ -166,11 +177,10 @@ def main(args: argparse.Namespace) -> int:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     serving = PostgresServingResource(url=args.pg)
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        db = Path(folder) / "astra.duckdb"
-        log(f"building {args.rows:,} aggregate rows in DuckDB")
-        start, end = build_duckdb(db, args.rows)
-        warehouse = DuckDBWarehouseResource(path=str(db))
+    with tempfile.TemporaryDirectory() as folder, lake_catalog(Path(folder)) as lakes:
+        warehouse, _ = lakes.new()
+        log(f"building {args.rows:,} aggregate rows in a fresh lake")
+        start, end = build_lake(warehouse, args.rows)
         try:
             spec = spec_for(schema, "sensor_1m")
             log("ours: first load")
@@ -186,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
                 table = spec_for(schema, f"baseline_{mode}")
                 serving.ensure_table(table)
                 log(f"baseline {mode}: {rows:,} rows")
-                results[f"baseline_{mode}"] = baseline(db, args.pg, table, rows, mode)
+                results[f"baseline_{mode}"] = baseline(warehouse, args.pg, table, rows, mode)
                 assert count(args.pg, table.table) == rows
         finally:
             with psycopg.connect(args.pg, autocommit=True) as conn:
@@ -204,7 +214,7 @@ def report(args: argparse.Namespace, results: dict[str, dict[str, float]]) -> No
     for label, r in (("Ours: first load", first), ("Ours: re-materialization", replace)):
         print(
             f"| {label} | {r['rows_per_second']:,.0f} | {int(r['rows']):,} rows in "
-            f"{r['seconds']:.2f}s (DuckDB read {r['read_seconds']:.2f}s, Postgres "
+            f"{r['seconds']:.2f}s (lake read {r['read_seconds']:.2f}s, Postgres "
             f"{r['load_seconds']:.2f}s; {int(r['deleted']):,} rows replaced) |"
         )
     labels = {

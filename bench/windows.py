@@ -1,17 +1,22 @@
 """Window benchmark: one hourly partition of clean.sensor_readings -> agg.sensor_1m.
 
 One run, one simulated hour of N cleaned readings (in arrival order, with a share of late
-readings), stored in a temporary DuckDB file next to the previous hour's readings:
+readings), stored next to the previous hour's readings in a fresh lake (its catalog a
+database of a private Postgres started here, bench/embedded_daemon.py, its Parquet files
+in a temporary folder):
 
-1. ours, end to end: open the file, read the hour's rows into polars (Arrow), compute
-   ``sensor_1m``, replace the partition's rows (DELETE + INSERT in one transaction),
-   close; the median of --repeat runs, with the three stages timed separately;
+1. ours, end to end, through the warehouse resource and resources.window_store as the
+   asset does it: one transaction that reads the hour's clean rows into polars
+   (``load_clean``, Arrow), computes ``sensor_1m``, replaces the partition's rows
+   (``replace_windows``: DELETE + INSERT) and commits; the median of --repeat runs,
+   with the stages timed separately;
 2. ours, the other sensor tables of the partition (computation only);
-3. reference: DuckDB's own engine doing the same aggregation in place (one
-   ``INSERT INTO agg.sensor_1m SELECT ... GROUP BY``: no transfer, no Python), checked to
-   give the same rows: what this machine's DuckDB costs for the partition at best;
-4. naive: a plain per-event Python implementation (rows as tuples from DuckDB, dict of
-   lists per (device, minute), the statistics module, one INSERT per aggregate row);
+3. reference: DuckDB's own engine doing the same aggregation in the lake (one
+   ``INSERT INTO agg.sensor_1m SELECT ... GROUP BY`` in one transaction: no transfer, no
+   Python), checked to give the same rows: what the lake costs for the partition at best;
+4. naive: a plain per-event Python implementation (rows as tuples from a DuckDB
+   connection to the lake, dict of lists per (device, minute), the statistics module,
+   one INSERT per aggregate row);
 5. Quix Streams 3 tumbling window with the same aggregates, run by a separate
    interpreter (--quix-python, e.g. a throwaway venv with ``pip install quixstreams``)
    against the embedded broker, if that interpreter has quixstreams.
@@ -42,11 +47,15 @@ from typing import Any
 import duckdb
 import numpy as np
 import polars as pl
+from embedded_daemon import lake_catalog
 
 from astra_pipeline.events import SENSOR_STATUSES
 from astra_pipeline.transforms.clean import enrich_sensor_readings
 from astra_pipeline.transforms.windows import sensor_1h, sensor_1m, sensor_5m_sliding
-from resources.tables import AGG_SENSOR_1M, SENSOR_READINGS, ddl
+from resources.lake import open_lake
+from resources.tables import AGG_SENSOR_1M, SENSOR_READINGS
+from resources.warehouse import DuckDBWarehouseResource
+from resources.window_store import load_clean, replace_windows
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "windows.md"
@@ -62,7 +71,6 @@ SELECT device_id, ts, temperature_c, humidity_pct, battery_pct, status
 FROM {SENSOR_READINGS} WHERE ts >= $1 AND ts < $2
 """
 DELETE_SQL = f"DELETE FROM {AGG_SENSOR_1M} WHERE window_start >= $1 AND window_start < $2"
-INSERT_SQL = f"INSERT INTO {AGG_SENSOR_1M} BY NAME SELECT * FROM agg_rows"
 
 QUIX_CHILD = r"""
 import json, statistics, sys, tempfile, time
@@ -210,29 +218,21 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def run_ours(path: str, hour: dt.datetime) -> dict[str, Any]:
-    """One partition as the asset does it: open, read the hour's rows, ``sensor_1m``,
-    replace the partition's rows in one transaction, close."""
+def run_ours(warehouse: DuckDBWarehouseResource, hour: dt.datetime) -> dict[str, Any]:
+    """One partition as the asset does it (assets/window_refresh.py, for sensor_1m alone):
+    one lake transaction that reads the hour's clean rows (``load_clean``), computes
+    ``sensor_1m``, replaces the partition's rows (``replace_windows``) and commits."""
     end = hour + HOUR
     t0 = time.perf_counter()
-    con = duckdb.connect(path)
-    try:
-        frame = pl.from_arrow(con.sql(READ_SQL, params=[hour, end]).to_arrow_table())
-        assert isinstance(frame, pl.DataFrame)
+    with warehouse.transaction() as tx:
+        frame = load_clean(tx, hour, end, hour, hour).readings
         t1 = time.perf_counter()
         c1 = cpu_seconds()
         rows = sensor_1m(frame)
         c2 = cpu_seconds()
         t2 = time.perf_counter()
-        con.execute("BEGIN TRANSACTION")
-        con.execute(DELETE_SQL, [hour, end])
-        con.register("agg_rows", rows.to_arrow())
-        con.execute(INSERT_SQL)
-        con.unregister("agg_rows")
-        con.execute("COMMIT")
+        replace_windows(tx, hour, end, {"sensor_1m": rows})
         t3 = time.perf_counter()
-    finally:
-        con.close()
     t4 = time.perf_counter()
     return {
         "frame": rows,
@@ -243,7 +243,7 @@ def run_ours(path: str, hour: dt.datetime) -> dict[str, Any]:
         "compute": t2 - t1,
         "compute_cpu": c2 - c1,
         "write": t3 - t2,
-        "close": t4 - t3,
+        "commit": t4 - t3,
         "total": t4 - t0,
     }
 
@@ -273,37 +273,28 @@ GROUP BY ALL
 """
 
 
-def run_native(path: str, hour: dt.datetime) -> dict[str, Any]:
-    """The reference: the partition replaced by DuckDB alone, timed like ``run_ours``."""
+def run_native(warehouse: DuckDBWarehouseResource, hour: dt.datetime) -> dict[str, Any]:
+    """The reference: the partition replaced in the lake by DuckDB alone, in one
+    transaction, timed like ``run_ours``."""
     end = hour + HOUR
     t0 = time.perf_counter()
-    con = duckdb.connect(path)
-    try:
-        con.execute("BEGIN TRANSACTION")
-        con.execute(DELETE_SQL, [hour, end])
-        con.execute(NATIVE_SQL, [hour, end])
-        con.execute("COMMIT")
+    with warehouse.transaction() as tx:
+        tx.execute(DELETE_SQL, [hour, end])
+        tx.execute(NATIVE_SQL, [hour, end])
         t1 = time.perf_counter()
-    finally:
-        con.close()
     t2 = time.perf_counter()
-    return {"aggregate_write": t1 - t0, "close": t2 - t1, "total": t2 - t0}
+    return {"aggregate_write": t1 - t0, "commit": t2 - t1, "total": t2 - t0}
 
 
-def check_native_agrees(path: str, hour: dt.datetime, ours: pl.DataFrame) -> str:
+def check_native_agrees(
+    warehouse: DuckDBWarehouseResource, hour: dt.datetime, ours: pl.DataFrame
+) -> str:
     """The reference's table against our rows: same windows, values within 1e-9."""
-    con = duckdb.connect(path, read_only=True)
-    try:
-        stored = pl.from_arrow(
-            con.sql(
-                f"SELECT * FROM {AGG_SENSOR_1M} WHERE window_start >= $1 AND window_start < $2",
-                params=[hour, hour + HOUR],
-            ).to_arrow_table()
+    with warehouse.session(read_only=True) as session:
+        stored = session.frame(
+            f"SELECT * FROM {AGG_SENSOR_1M} WHERE window_start >= $1 AND window_start < $2",
+            [hour, hour + HOUR],
         )
-    finally:
-        con.close()
-    assert isinstance(stored, pl.DataFrame)
-    # DuckDB hands TIMESTAMPTZ over as Etc/UTC; ours are UTC.
     stored = stored.select(pl.col(name).cast(dtype) for name, dtype in ours.schema.items())
     keys = ["device_id", "window_start"]
     joined = ours.join(stored, on=keys, how="full", suffix="_ref", coalesce=True)
@@ -364,9 +355,11 @@ def naive_sensor_1m(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return out
 
 
-def run_naive(path: str, hour: dt.datetime, limit: int) -> dict[str, Any]:
+def run_naive(warehouse: DuckDBWarehouseResource, hour: dt.datetime, limit: int) -> dict[str, Any]:
+    """Rows as tuples from a plain DuckDB connection to the lake, one INSERT per window
+    row (each inlined in the lake's catalog: DuckLake inlines inserts of a few rows)."""
     end = hour + HOUR
-    con = duckdb.connect(path)
+    con = open_lake(warehouse.lake_location(), read_only=False)
     try:
         t0 = time.perf_counter()
         rows = con.execute(READ_SQL + " LIMIT $3", [hour, end, limit]).fetchall()
@@ -524,15 +517,16 @@ def main() -> None:
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="astra-bench-windows-"))
     try:
-        run(args, tmp)
+        with lake_catalog(tmp) as lakes:
+            warehouse, _ = lakes.new()
+            run(args, warehouse)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, tmp: Path) -> None:
+def run(args: argparse.Namespace, warehouse: DuckDBWarehouseResource) -> None:
     n = args.events
     command = ".venv/bin/python bench/windows.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    path = str(tmp / "bench.duckdb")
     hour = PARTITION
     rows: list[tuple[str, str, str]] = []
     notes: list[str] = []
@@ -540,24 +534,19 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     log(f"simulating {n:,} readings of {args.devices:,} devices in {hour:%Y-%m-%d %H:00}Z")
     frame = simulate(n, args.devices, hour, args.seed, args.late)
     before = simulate(n // 10, args.devices, hour - HOUR, args.seed + 1, args.late)
-    con = duckdb.connect(path)
-    for statement in ddl(lake=False):
-        con.execute(statement)
-    for part in (before, frame):
-        con.register("part", part.to_arrow())
-        con.execute(f"INSERT INTO {SENSOR_READINGS} BY NAME SELECT * FROM part")
-        con.unregister("part")
-    con.execute("CHECKPOINT")
-    con.close()
-    log(f"DuckDB file: {path} ({n + n // 10:,} readings, {n:,} in the partition)")
+    warehouse.ensure_schema()
+    with warehouse.transaction() as tx:
+        for part in (before, frame):
+            tx.append(SENSOR_READINGS, part)
+    log(f"lake: {warehouse.describe()} ({n + n // 10:,} readings, {n:,} in the partition)")
 
     load_before = load()
     log(f"ours: read + sensor_1m + write, {args.repeat} times (load average {load_before})")
-    runs = [run_ours(path, hour) for _ in range(args.repeat)]
+    runs = [run_ours(warehouse, hour) for _ in range(args.repeat)]
     load_after = load()
     first = runs[0]
     assert first["events"] == n and first["counted"] == n, first
-    stages = ("read", "compute", "compute_cpu", "write", "close", "total")
+    stages = ("read", "compute", "compute_cpu", "write", "commit", "total")
     parts = {k: median([r[k] for r in runs]) for k in stages}
     best_compute = min(r["compute"] for r in runs)
     compute_rate = n / parts["compute"]
@@ -574,42 +563,39 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     )
     rows.append(
         (
-            "**Ours: DuckDB -> `sensor_1m` -> DuckDB** (connect, read, compute, replace, close)",
+            "**Ours: lake -> `sensor_1m` -> lake** (one transaction: read, compute, "
+            "replace, commit)",
             f"**{fmt(total_rate)}**",
-            f"{parts['total'] * 1000:.0f} ms: connect + read {parts['read'] * 1000:.0f}, "
-            f"compute {parts['compute'] * 1000:.0f}, DELETE + INSERT + COMMIT "
-            f"{parts['write'] * 1000:.0f}, close (DuckDB checkpoints the WAL) "
-            f"{parts['close'] * 1000:.0f} ms (stage medians); {detail}",
+            f"{parts['total'] * 1000:.0f} ms: read {parts['read'] * 1000:.0f}, "
+            f"compute {parts['compute'] * 1000:.0f}, DELETE + INSERT "
+            f"{parts['write'] * 1000:.0f}, COMMIT (Parquet files + catalog) "
+            f"{parts['commit'] * 1000:.0f} ms (stage medians); {detail}",
         )
     )
 
-    log(f"reference: DuckDB alone, {args.repeat} times")
-    native = [run_native(path, hour) for _ in range(args.repeat)]
+    log(f"reference: DuckDB alone in the lake, {args.repeat} times")
+    native = [run_native(warehouse, hour) for _ in range(args.repeat)]
     native_parts = {
-        k: median([r[k] for r in native]) for k in ("aggregate_write", "close", "total")
+        k: median([r[k] for r in native]) for k in ("aggregate_write", "commit", "total")
     }
     native_rate = n / native_parts["total"]
-    agreement = check_native_agrees(path, hour, first["frame"])
+    agreement = check_native_agrees(warehouse, hour, first["frame"])
     notes.append(f"DuckDB's own aggregation and ours agree: {agreement}.")
     rows.append(
         (
-            "Reference: DuckDB alone, `INSERT INTO agg.sensor_1m SELECT ... GROUP BY` "
-            "(connect, replace, close)",
+            "Reference: DuckDB alone in the lake, `INSERT INTO agg.sensor_1m SELECT ... "
+            "GROUP BY` (one transaction: replace, commit)",
             fmt(native_rate),
-            f"{native_parts['total'] * 1000:.0f} ms: connect + DELETE + aggregate + INSERT + "
-            f"COMMIT {native_parts['aggregate_write'] * 1000:.0f}, close "
-            f"{native_parts['close'] * 1000:.0f} ms (stage medians, {args.repeat} runs); "
+            f"{native_parts['total'] * 1000:.0f} ms: DELETE + aggregate + INSERT "
+            f"{native_parts['aggregate_write'] * 1000:.0f}, COMMIT "
+            f"{native_parts['commit'] * 1000:.0f} ms (stage medians, {args.repeat} runs); "
             "no transfer, no Python: what DuckDB itself needs for the partition",
         )
     )
 
     log("ours: the other sensor tables, computation only")
-    window_input = pl.from_arrow(
-        duckdb.connect(path, read_only=True)
-        .sql(READ_SQL, params=[hour, hour + HOUR + dt.timedelta(minutes=4)])
-        .to_arrow_table()
-    )
-    assert isinstance(window_input, pl.DataFrame)
+    with warehouse.session(read_only=True) as session:
+        window_input = session.frame(READ_SQL, [hour, hour + HOUR + dt.timedelta(minutes=4)])
     for name, function in (
         ("sensor_1h", lambda: sensor_1h(frame)),
         ("sensor_5m_sliding", lambda: sensor_5m_sliding(window_input, hour, hour + HOUR)),
@@ -622,7 +608,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     k = min(args.baseline_events, n)
     log(f"naive Python on the first {k:,} readings of the partition")
     notes.append(f"Naive and polars results agree: {check_naive_agrees(frame, min(k, 50_000))}.")
-    naive = run_naive(path, hour, k)
+    naive = run_naive(warehouse, hour, k)
     scope = "all" if k == n else f"first {k:,} (rate extrapolates to N, stated as such)"
     naive_compute_rate = naive["events"] / naive["compute"]
     naive_total_rate = naive["events"] / naive["total"]
@@ -692,11 +678,11 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         *(f"| {a} | {b} | {c} |" for a, b, c in rows),
         "",
         f"- Target >= {TARGET_RATE:,} events/s for the 1-minute aggregates of one partition: "
-        f"computation alone **{verdict}** ({fmt(compute_rate)} ev/s); DuckDB read + compute "
+        f"computation alone **{verdict}** ({fmt(compute_rate)} ev/s); lake read + compute "
         f"+ write **{verdict_total}** ({fmt(total_rate)} ev/s).",
         f"- DuckDB alone, doing the whole aggregation inside the database, reaches "
         f"{fmt(native_rate)} ev/s in the same run: {native_rate / total_rate:.2f}x ours "
-        "DuckDB to DuckDB. "
+        "lake to lake. "
         + (
             "Below the target too: on this machine even DuckDB's own engine, with no "
             "transfer and no Python, does not replace a partition of this size at that rate."
@@ -706,12 +692,12 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             else "Both reach the target."
         ),
         f"- Ours vs naive Python: {ratio_naive:,.0f}x (computation), {ratio_naive_total:,.0f}x "
-        "(DuckDB to DuckDB).",
+        "(lake to lake).",
     ]
     if quix_rate is not None:
         lines.append(
             f"- Ours vs Quix Streams: {compute_rate / quix_rate:,.0f}x (computation) and "
-            f"{total_rate / quix_rate:,.0f}x (DuckDB to DuckDB) against Quix's consume + window "
+            f"{total_rate / quix_rate:,.0f}x (lake to lake) against Quix's consume + window "
             "rate (Quix's figure includes reading and deserializing JSON from Kafka, which is "
             "how it runs; ours starts from rows already stored)."
         )
