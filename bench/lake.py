@@ -124,6 +124,36 @@ def run_drain(
     return totals, seconds
 
 
+FLOOR_PROGRAM = """
+import sys, duckdb
+from resources.duckdb_extensions import load_extension
+con = duckdb.connect()
+for name in ("ducklake", "postgres_scanner"):
+    load_extension(con, name)
+con.execute(sys.argv[1])
+con.execute("USE lake")
+print(con.execute(sys.argv[2]).fetchall())
+"""
+"""The least a new Python process must do to answer a query on the lake: start Python,
+import DuckDB, load the two extensions, attach the lake read-only, run the query. No
+settings, no polars, no table rendering: the floor under `astra sql` on this machine."""
+
+
+def floor_sql(sql: str, warehouse: DuckDBWarehouseResource) -> float:
+    attach = warehouse.lake_location().attach_sql(read_only=True)
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-c", FLOOR_PROGRAM, attach, sql],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"minimal client failed: {done.stderr.strip()[-500:]}")
+    return seconds
+
+
 def cli_sql(sql: str, env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     done = subprocess.run(
@@ -198,17 +228,22 @@ def reads_during_drain(
     attach_s = time.perf_counter() - t0
     env = lake_env(warehouse)
     child, stderr = start_lake_child(servers, topic, dlq, warehouse)
-    samples: dict[str, list[float]] = {"count": [], "window": []}
+    samples: dict[str, list[float]] = {"count": [], "window": [], "floor": []}
     counts: list[int] = []
     errors: list[str] = []
     started = time.monotonic()
+    queries = [("count", COUNT_SQL), ("window", WINDOW_SQL)]
+    if reader == "cli":
+        queries.append(("floor", COUNT_SQL))
     while child.poll() is None:
-        for kind, sql in (("count", COUNT_SQL), ("window", WINDOW_SQL)):
+        for kind, sql in queries:
             if child.poll() is not None:
                 break
             t0 = time.perf_counter()
             try:
-                if reader == "cli":
+                if kind == "floor":
+                    floor_sql(sql, warehouse)
+                elif reader == "cli":
                     cli_sql(sql, env)
                 else:
                     frame = warehouse.query(sql)
@@ -252,6 +287,7 @@ def idle_cli(warehouse: DuckDBWarehouseResource, reps: int = 3) -> dict[str, Any
     return {
         "count": latency([cli_sql(COUNT_SQL, env) for _ in range(reps)]),
         "window": latency([cli_sql(WINDOW_SQL, env) for _ in range(reps)]),
+        "floor": latency([floor_sql(COUNT_SQL, warehouse) for _ in range(reps)]),
         "help": latency(imports),
     }
 
@@ -526,8 +562,13 @@ def run(args: argparse.Namespace, n: int, command: str, tmp: Path) -> None:
         lat_row("`warehouse.query` 10-minute window query", inproc["latency"]["window"]),
         lat_row("`astra sql` count(*) raw.events (new process)", cli["latency"]["count"]),
         lat_row("`astra sql` 10-minute window query (new process)", cli["latency"]["window"]),
+        lat_row(
+            "floor: a minimal Python DuckDB client, count(*) (new process)",
+            cli["latency"]["floor"],
+        ),
         lat_row("idle lake: `astra sql` count(*) raw.events", concurrent["idle"]["count"]),
         lat_row("idle lake: `astra sql` 10-minute window query", concurrent["idle"]["window"]),
+        lat_row("idle lake: the minimal client, count(*)", concurrent["idle"]["floor"]),
         lat_row(
             "idle: `astra sql`'s start-up alone (its imports, then exit)",
             concurrent["idle"]["help"],
@@ -558,6 +599,10 @@ def run(args: argparse.Namespace, n: int, command: str, tmp: Path) -> None:
         f"{cli_p99 * 1000:,.0f} ms, of which ~{concurrent['idle']['help']['p50_s'] * 1000:,.0f} "
         "ms is its start-up (the imports of `astra sql` on a lake, idle): "
         f"**{'under' if cli_p99 < TARGET_READ_P99_S else 'over'} 1 s**.",
+        "- The floor for any new process (Python, DuckDB, the two extensions, a read-only "
+        "attach, the count; no settings, polars or rendering) during the same drain: p99 "
+        f"{cli['latency']['floor'].get('p99_s', 0.0) * 1000:,.0f} ms, p50 "
+        f"{cli['latency']['floor'].get('p50_s', 0.0) * 1000:,.0f} ms.",
     ]
     print("\n".join(table))
     print()
