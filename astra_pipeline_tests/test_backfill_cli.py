@@ -1,4 +1,4 @@
-"""Backfills from the command line, against a temporary instance and DuckDB file.
+"""Backfills from the command line, against a temporary instance and lake.
 
 Two documented ways: `dg launch --partition-range` (in-process, one run)
 and `astra backfill`, which submits a real asset backfill to a running webserver's

@@ -1,5 +1,5 @@
 """A run killed inside the pooled ingest step does not stop ingestion (real daemon, real
-broker, real DuckDB file, nobody touching the instance).
+broker, real lake, nobody touching the instance).
 
 Before, the dead run was marked failed by its code server but kept its `duckdb_writer`
 pool slot, so the next run waited for the slot forever while the sensor, seeing that run

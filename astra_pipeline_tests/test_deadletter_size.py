@@ -1,5 +1,5 @@
 """A malformed message of any size the input topic accepted is dead-lettered and the
-stream goes on (real broker, real DuckDB file)."""
+stream goes on (real broker, real lake)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ingest multi-asset against the real test broker and a temporary DuckDB file."""
+"""The ingest multi-asset against the real test broker and a fresh lake."""
 
 import datetime as dt
 import json

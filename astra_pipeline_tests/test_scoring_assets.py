@@ -1,4 +1,4 @@
-"""churn_features, churn_scores, anomaly_scores and alerts against a temporary DuckDB file
+"""churn_features, churn_scores, anomaly_scores and alerts against a fresh lake
 and the real test broker.
 
 Simulated multi-day traffic is written into the clean tables through the ingest's own

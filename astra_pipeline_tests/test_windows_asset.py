@@ -1,4 +1,4 @@
-"""windowed_aggregates against the real broker and a temporary DuckDB file."""
+"""windowed_aggregates against the real broker and a fresh lake."""
 
 import datetime as dt
 import json
