@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
-from astra_pipeline_tests.helpers import make_lake
+from astra_pipeline_tests.helpers import PostgresServer, make_lake
 from resources.broker import EmbeddedBroker
 from resources.embedded_postgres import EmbeddedPostgres
 from resources.kafka import KafkaResource
@@ -33,6 +35,30 @@ def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embe
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(request: pytest.FixtureRequest) -> PostgresServer:
+    """A Postgres server for the tests that need one beside the lakes' (the serving copy,
+    a Dagster instance on Postgres): the local one on 127.0.0.1:5432 when it answers, else
+    the session's embedded one, so `make test` needs no Postgres server on the machine
+    (ASTRA_TEST_POSTGRES=embedded forces the embedded one). Either has a database `test`."""
+    if os.environ.get("ASTRA_TEST_POSTGRES") != "embedded":
+        local = PostgresServer("127.0.0.1", 5432)
+        try:
+            psycopg.connect(local.conninfo(), connect_timeout=3).close()
+        except psycopg.OperationalError:
+            pass
+        else:
+            return local.with_database("test")
+    embedded: EmbeddedPostgres = request.getfixturevalue("embedded_postgres")
+    return PostgresServer("127.0.0.1", embedded.port).with_database("test")
+
+
+@pytest.fixture(scope="session")
+def pg(postgres_server: PostgresServer) -> str:
+    """The libpq string of database `test` of postgres_server."""
+    return postgres_server.conninfo("test")
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 """Shared test helpers: produce simulated events, count what the warehouse holds."""
 
+from __future__ import annotations
+
 import contextlib
 import datetime as dt
 import json
@@ -8,8 +10,12 @@ import signal
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psycopg
+from psycopg import sql
 
 from astra_pipeline.simulator import SimulatorConfig, generate
 from resources.kafka import KafkaResource
@@ -143,3 +149,23 @@ def make_lake(catalog: str, folder: Path) -> DuckDBWarehouseResource:
     return DuckDBWarehouseResource(
         lake_catalog=catalog, lake_data_path=str(folder / name), lake_metadata_schema=name
     )
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """Where a test's Postgres server answers (conftest's postgres_server)."""
+
+    host: str
+    port: int
+    user: str = "postgres"
+
+    def conninfo(self, dbname: str = "postgres") -> str:
+        return f"host={self.host} port={self.port} user={self.user} dbname={dbname}"
+
+    def with_database(self, name: str) -> PostgresServer:
+        """This server, once database ``name`` exists on it."""
+        with psycopg.connect(self.conninfo(), autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+                return self
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self

@@ -19,12 +19,12 @@ import psycopg
 import pytest
 import yaml
 
+from astra_pipeline_tests.helpers import PostgresServer
 from resources.settings import LAKE_SECRET_ENVS, PG_PASSWORD_ENV, env_var_defaults
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
 OUR_IMAGE = "astra-pipeline:local"
-PG = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
 def load_compose() -> dict[str, Any]:
@@ -251,12 +251,15 @@ def test_kafka_init_creates_the_three_topics(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("psql") is None, reason="needs the psql client")
-def test_postgres_init_creates_the_serving_role_and_database_idempotently() -> None:
+def test_postgres_init_creates_the_serving_role_and_database_idempotently(
+    postgres_server: PostgresServer,
+) -> None:
     name = f"astra_ci_{uuid.uuid4().hex[:10]}"
     password = 'it\'s a "secret" $HOME'
     env = {
         "PATH": os.environ["PATH"],
-        "PGHOST": "127.0.0.1",
+        "PGHOST": postgres_server.host,
+        "PGPORT": str(postgres_server.port),
         "DAGSTER_PG_USER": "postgres",
         "DAGSTER_PG_PASSWORD": "",
         "DAGSTER_PG_DB": "postgres",
@@ -273,7 +276,7 @@ def test_postgres_init_creates_the_serving_role_and_database_idempotently() -> N
                 capture_output=True,
                 timeout=60,
             )
-        with psycopg.connect(PG) as conn:
+        with psycopg.connect(postgres_server.conninfo()) as conn:
             owner = conn.execute(
                 "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (name,)
             ).fetchone()
@@ -289,7 +292,7 @@ def test_postgres_init_creates_the_serving_role_and_database_idempotently() -> N
         assert lake_owner == (name,), "the lake's catalog database, owned by the same role"
         assert login == (True, True)
     finally:
-        with psycopg.connect(PG, autocommit=True) as conn:
+        with psycopg.connect(postgres_server.conninfo(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'DROP DATABASE IF EXISTS "{name}_lake" WITH (FORCE)')
             conn.execute(f'DROP ROLE IF EXISTS "{name}"')

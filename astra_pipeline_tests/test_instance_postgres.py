@@ -14,24 +14,24 @@ import psycopg
 import pytest
 from dagster import DagsterEventType
 
-from astra_pipeline_tests.helpers import lake_env, produce, stop_process_group
+from astra_pipeline_tests.helpers import PostgresServer, lake_env, produce, stop_process_group
 from resources.broker import EmbeddedBroker
 from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
 
 REPO = Path(__file__).resolve().parent.parent
-ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
 @pytest.fixture
-def instance_db() -> Iterator[str]:
+def instance_db(postgres_server: PostgresServer) -> Iterator[str]:
     name = f"astra_it_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
+    admin = postgres_server.conninfo()
+    with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         yield name
     finally:
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
+        with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -43,6 +43,7 @@ def test_daemon_on_postgres_storage_runs_sensor_and_ingest(
     instance_db: str,
     tmp_path: Path,
     warehouse: DuckDBWarehouseResource,
+    postgres_server: PostgresServer,
 ) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -50,9 +51,9 @@ def test_daemon_on_postgres_storage_runs_sensor_and_ingest(
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": "5432",
-        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_HOST": postgres_server.host,
+        "DAGSTER_PG_PORT": str(postgres_server.port),
+        "DAGSTER_PG_USER": postgres_server.user,
         "DAGSTER_PG_PASSWORD": "",  # trust authentication on the test server
         "DAGSTER_PG_DB": instance_db,
         "ASTRA_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -63,7 +64,7 @@ def test_daemon_on_postgres_storage_runs_sensor_and_ingest(
         "ASTRA_SENSOR_INTERVAL_S": "1",
     }
     produced = produce(kafka, topic, 500, seed=3, malformed_fraction=0.02)
-    storage = f"host=127.0.0.1 port=5432 user=postgres dbname={instance_db}"
+    storage = postgres_server.conninfo(instance_db)
     bin_dir = Path(sys.executable).parent
     log = tmp_path / "daemon.log"
     daemon = subprocess.Popen(

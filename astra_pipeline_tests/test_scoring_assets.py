@@ -50,7 +50,7 @@ from astra_pipeline.jobs import ANOMALY_JOB_NAME, CHURN_JOB_NAME, WINDOWS_JOB_NA
 from astra_pipeline.simulator import SimulatedMessage, SimulatorConfig, simulate
 from astra_pipeline.transforms.churn import churn_label, user_churn_features
 from astra_pipeline.transforms.ingest_batch import build_ingest_frames
-from astra_pipeline_tests.helpers import copy_lake, lake_fields, make_lake
+from astra_pipeline_tests.helpers import PostgresServer, copy_lake, lake_fields, make_lake
 from resources.broker import EmbeddedBroker
 from resources.ingest_store import BatchRows, next_offsets, write_batch
 from resources.kafka import KafkaResource
@@ -761,17 +761,18 @@ def test_anomaly_checks_fail_on_tampered_rows(
 
 # --- serving ------------------------------------------------------------------------------
 
-PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-
 
 def test_daily_feature_tables_are_served_one_as_of_day_at_a_time(
-    churn_warehouse: DuckDBWarehouseResource,
+    churn_warehouse: DuckDBWarehouseResource, postgres_server: PostgresServer, pg: str
 ) -> None:
     """The serving copy of a daily table replaces exactly the rows of its as_of_day."""
     schema = f"astra_test_{uuid.uuid4().hex[:10]}"
     warehouse = churn_warehouse  # the tables below are new ones, in a schema of their own
     serving_db = PostgresServingResource(
-        host="127.0.0.1", port=5432, user="postgres", database="test"
+        host=postgres_server.host,
+        port=postgres_server.port,
+        user=postgres_server.user,
+        database="test",
     )
     specs = [
         spec.model_copy(update={"table": f"{schema}.{spec.table_name}"})
@@ -790,7 +791,7 @@ def test_daily_feature_tables_are_served_one_as_of_day_at_a_time(
                 partition_key=day.isoformat(),
             )
             assert result.success and failed_checks(result) == []
-        with psycopg.connect(PG) as conn:
+        with psycopg.connect(pg) as conn:
             for spec in specs:
                 served = conn.execute(
                     f"SELECT as_of_day, count(*) FROM {spec.table} GROUP BY 1 ORDER BY 1"
@@ -802,7 +803,7 @@ def test_daily_feature_tables_are_served_one_as_of_day_at_a_time(
                 ).rows()
                 assert served == stored and len(served) == 2
     finally:
-        with psycopg.connect(PG, autocommit=True) as conn:
+        with psycopg.connect(pg, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 

@@ -1,4 +1,5 @@
-"""Postgres serving copy against the real Postgres on 127.0.0.1:5432 (database `test`).
+"""Postgres serving copy against a real Postgres (conftest.postgres_server: the local one
+on 127.0.0.1:5432, else the embedded one; database `test`).
 
 Each test session works in a fresh, uniquely named schema, dropped at the end; the DuckDB
 side is a temporary file with a table of the same `schema.table` name.
@@ -28,6 +29,7 @@ from astra_pipeline.assets.serving import (
     select_served,
     serving_asset_key,
 )
+from astra_pipeline_tests.helpers import PostgresServer
 from resources.serving import (
     PostgresServingResource,
     ServingDataError,
@@ -40,26 +42,28 @@ from resources.serving import (
 from resources.settings import AstraSettings
 from resources.warehouse import DuckDBWarehouseResource
 
-PG = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 HOUR = dt.timedelta(hours=1)
 T0 = dt.datetime(2026, 11, 23, 7, tzinfo=dt.UTC)
 
 
 @pytest.fixture(scope="session")
-def pg_schema() -> Iterator[str]:
+def pg_schema(pg: str) -> Iterator[str]:
     name = f"astra_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG, autocommit=True) as conn:
+    with psycopg.connect(pg, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{name}"')
     try:
         yield name
     finally:
-        with psycopg.connect(PG, autocommit=True) as conn:
+        with psycopg.connect(pg, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 @pytest.fixture
-def serving_db() -> PostgresServingResource:
-    return PostgresServingResource(host="127.0.0.1", port=5432, user="postgres", database="test")
+def serving_db(postgres_server: PostgresServer) -> PostgresServingResource:
+    server = postgres_server
+    return PostgresServingResource(
+        host=server.host, port=server.port, user=server.user, database="test"
+    )
 
 
 def agg_spec(schema: str, table: str) -> ServingTableSpec:
@@ -102,8 +106,8 @@ def agg_rows(hour: dt.datetime, devices: int, minutes: int = 60, seed: int = 0) 
     )
 
 
-def pg_rows(table: str, start: dt.datetime, end: dt.datetime) -> list[tuple]:
-    with psycopg.connect(PG) as conn:
+def pg_rows(pg: str, table: str, start: dt.datetime, end: dt.datetime) -> list[tuple]:
+    with psycopg.connect(pg) as conn:
         return conn.execute(
             f"SELECT window_start, device_id, readings, temperature_mean, temperature_p95, "
             f"degraded, window_date FROM {table} WHERE window_start >= %s AND window_start < %s "
@@ -117,12 +121,12 @@ def as_tuples(frame: pl.DataFrame) -> list[tuple]:
 
 
 def test_table_created_with_types_primary_key_and_indexes(
-    serving_db: PostgresServingResource, pg_schema: str
+    serving_db: PostgresServingResource, pg_schema: str, pg: str
 ) -> None:
     spec = agg_spec(pg_schema, "types")
     serving_db.ensure_table(spec)
     serving_db.ensure_table(spec)  # idempotent
-    with psycopg.connect(PG) as conn:
+    with psycopg.connect(pg) as conn:
         columns = conn.execute(
             "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
             "WHERE table_schema = %s AND table_name = 'types' ORDER BY ordinal_position",
@@ -188,33 +192,33 @@ def test_spec_rejects_unknown_key_columns_and_types() -> None:
 
 
 def test_replace_is_idempotent_and_leaves_other_partitions_alone(
-    serving_db: PostgresServingResource, pg_schema: str
+    serving_db: PostgresServingResource, pg_schema: str, pg: str
 ) -> None:
     spec = agg_spec(pg_schema, "replace")
     serving_db.ensure_table(spec)
     first, second = agg_rows(T0, devices=20), agg_rows(T0 + HOUR, devices=20, seed=1)
     serving_db.replace_partition(spec, first, start=T0, end=T0 + HOUR)
     serving_db.replace_partition(spec, second, start=T0 + HOUR, end=T0 + 2 * HOUR)
-    second_before = pg_rows(spec.table, T0 + HOUR, T0 + 2 * HOUR)
+    second_before = pg_rows(pg, spec.table, T0 + HOUR, T0 + 2 * HOUR)
     assert second_before == as_tuples(second)
 
     again = serving_db.replace_partition(spec, first, start=T0, end=T0 + HOUR)
     assert (again.deleted, again.inserted) == (1200, 1200)
-    assert pg_rows(spec.table, T0, T0 + HOUR) == as_tuples(first)
+    assert pg_rows(pg, spec.table, T0, T0 + HOUR) == as_tuples(first)
 
     amended = agg_rows(T0, devices=15, minutes=50, seed=5)
     result = serving_db.replace_partition(spec, amended.to_arrow(), start=T0, end=T0 + HOUR)
     assert (result.deleted, result.inserted) == (1200, 750)
-    assert pg_rows(spec.table, T0, T0 + HOUR) == as_tuples(amended)
-    assert pg_rows(spec.table, T0 + HOUR, T0 + 2 * HOUR) == second_before
+    assert pg_rows(pg, spec.table, T0, T0 + HOUR) == as_tuples(amended)
+    assert pg_rows(pg, spec.table, T0 + HOUR, T0 + 2 * HOUR) == second_before
 
     emptied = serving_db.replace_partition(spec, amended.clear(), start=T0, end=T0 + HOUR)
     assert (emptied.deleted, emptied.inserted) == (750, 0)
-    assert pg_rows(spec.table, T0, T0 + 2 * HOUR) == second_before
+    assert pg_rows(pg, spec.table, T0, T0 + 2 * HOUR) == second_before
 
 
 def test_failed_replace_rolls_back_to_the_old_partition(
-    serving_db: PostgresServingResource, pg_schema: str
+    serving_db: PostgresServingResource, pg_schema: str, pg: str
 ) -> None:
     spec = agg_spec(pg_schema, "rollback")
     serving_db.ensure_table(spec)
@@ -223,18 +227,18 @@ def test_failed_replace_rolls_back_to_the_old_partition(
     duplicated = pl.concat([agg_rows(T0, devices=5, seed=3), agg_rows(T0, devices=1, seed=3)])
     with pytest.raises(ServingDataError, match="duplicate key"):
         serving_db.replace_partition(spec, duplicated, start=T0, end=T0 + HOUR)
-    assert pg_rows(spec.table, T0, T0 + HOUR) == as_tuples(old)
+    assert pg_rows(pg, spec.table, T0, T0 + HOUR) == as_tuples(old)
 
     outside = agg_rows(T0 + HOUR, devices=2)
     with pytest.raises(ServingDataError, match="120 rows have window_start outside"):
         serving_db.replace_partition(spec, outside, start=T0, end=T0 + HOUR)
     with pytest.raises(ServingDataError, match="missing columns"):
         serving_db.replace_partition(spec, old.drop("degraded"), start=T0, end=T0 + HOUR)
-    assert pg_rows(spec.table, T0, T0 + HOUR) == as_tuples(old)
+    assert pg_rows(pg, spec.table, T0, T0 + HOUR) == as_tuples(old)
 
 
 def test_concurrent_reader_never_sees_a_partial_partition(
-    serving_db: PostgresServingResource, pg_schema: str
+    serving_db: PostgresServingResource, pg_schema: str, pg: str
 ) -> None:
     spec = agg_spec(pg_schema, "concurrent")
     serving_db.ensure_table(spec)
@@ -248,7 +252,7 @@ def test_concurrent_reader_never_sees_a_partial_partition(
 
     def read() -> None:
         try:
-            with psycopg.connect(PG, autocommit=True) as conn:  # READ COMMITTED per statement
+            with psycopg.connect(pg, autocommit=True) as conn:  # READ COMMITTED per statement
                 while not stop.is_set():
                     in_hour, total = conn.execute(
                         f"SELECT count(*) FILTER (WHERE window_start < %s), count(*) "
@@ -320,7 +324,7 @@ def test_clean_tables_are_opt_in_by_schema() -> None:
 
 
 def test_serving_asset_copies_one_lake_partition(
-    serving_db: PostgresServingResource, pg_schema: str, warehouse: DuckDBWarehouseResource
+    serving_db: PostgresServingResource, pg_schema: str, warehouse: DuckDBWarehouseResource, pg: str
 ) -> None:
     spec = agg_spec(pg_schema, "sensor_1m")
     hours = [agg_rows(T0 + i * HOUR, devices=30, seed=i) for i in range(3)]
@@ -343,7 +347,7 @@ def test_serving_asset_copies_one_lake_partition(
     for _ in range(2):  # the second materialization replaces, never appends
         result = dg.materialize([asset], partition_key="2026-11-23-08:00", resources=resources)
         assert result.success
-        assert pg_rows(spec.table, T0, T0 + 3 * HOUR) == as_tuples(hours[1])
+        assert pg_rows(pg, spec.table, T0, T0 + 3 * HOUR) == as_tuples(hours[1])
 
     materialization = result.asset_materializations_for_node(asset.node_def.name)[0]
     assert materialization.metadata["dagster/row_count"].value == 1800
@@ -362,7 +366,7 @@ def test_serving_asset_copies_one_lake_partition(
     )
     assert ranged.success
     expected = sorted((row for frame in hours for row in frame.rows()), key=lambda r: (r[0], r[1]))
-    assert pg_rows(spec.table, T0, T0 + 3 * HOUR) == expected
+    assert pg_rows(pg, spec.table, T0, T0 + 3 * HOUR) == expected
 
 
 DUCKDB_TO_PG = {
@@ -403,6 +407,7 @@ def test_clean_tables_round_trip_through_the_serving_copy(
     serving_db: PostgresServingResource,
     pg_schema: str,
     warehouse: DuckDBWarehouseResource,
+    pg: str,
 ) -> None:
     warehouse.ensure_schema()
 
@@ -436,7 +441,7 @@ def test_clean_tables_round_trip_through_the_serving_copy(
     frame = read_partition(warehouse, spec, T0, T0 + HOUR)
     serving_db.ensure_table(spec)
     serving_db.replace_partition(spec, frame, start=T0, end=T0 + HOUR)
-    with psycopg.connect(PG) as conn:
+    with psycopg.connect(pg) as conn:
         got = conn.execute(f"SELECT event_id, extra, {id_column} FROM {spec.table}").fetchall()
         indexes = {
             name
