@@ -34,6 +34,7 @@ from resources.broker import EmbeddedBroker
 from resources.errors import CommitConflict
 from resources.ingest_store import BatchRows, write_batch
 from resources.kafka import KafkaResource
+from resources.lake import open_lake
 from resources.lake_maintenance import maintain
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -228,6 +229,62 @@ def test_a_reader_never_blocks_ingest_and_sees_whole_batches(
     ) | {0}
     assert {rows for rows, _ in seen} <= batch_ends
     assert len({rows for rows, _ in seen}) > 2, "the reader saw ingest progress"
+
+
+def test_a_query_running_through_the_whole_ingest_holds_up_no_commit(
+    broker: EmbeddedBroker,
+    topic: str,
+    kafka: KafkaResource,
+    lake_warehouse: DuckDBWarehouseResource,
+) -> None:
+    """A reader's statement that lasts as long as it likes (a notebook's long query) does
+    not hold up ingest: all 20 batches commit while it is still running, and it answers
+    from the one snapshot it started on. (Writers never wait for readers here: there is
+    no lock between them for a timing to show.)"""
+    produce(kafka, topic, 10_000, seed=7)
+    lake_warehouse.ensure_schema()
+    entered, release = threading.Event(), threading.Event()
+    answer: list[tuple[int, int]] = []
+
+    def wait(value: int) -> int:
+        # The query stays in this function until ingest has finished (or 120 s).
+        entered.set()
+        release.wait(timeout=120)
+        return value
+
+    def long_query() -> None:
+        con = open_lake(lake_warehouse.lake_location(), read_only=True)
+        try:
+            con.create_function("wait_for_ingest", wait, ["BIGINT"], "BIGINT")
+            answer.append(
+                con.execute(
+                    "SELECT (SELECT count(*) FROM raw.events), max(wait_for_ingest(i)) "
+                    "FROM range(1) AS t(i)"
+                ).fetchone()
+            )
+        finally:
+            con.close()
+
+    reader = threading.Thread(target=long_query)
+    reader.start()
+    try:
+        assert entered.wait(timeout=60), "the long query did not start"
+        totals = drain(
+            kafka,
+            lake_warehouse,
+            IngestConfig(
+                topic=topic, deadletter_topic=f"{topic}_dlq", max_batch_size=500, time_budget_s=120
+            ),
+            run_id="long-query-test",
+        )
+        still_running = reader.is_alive() and not answer
+    finally:
+        release.set()
+        reader.join(timeout=60)
+    assert totals.batches >= 20 and totals.messages == 10_000
+    assert still_running, "ingest waited for the reader's query to end"
+    assert answer == [(0, 0)], "the query saw the snapshot it started on, before any batch"
+    assert lake_warehouse.query("SELECT count(*) FROM raw.events").item() == 10_000
 
 
 def test_sql_at_a_snapshot_and_the_snapshot_list(
