@@ -2,12 +2,12 @@
 
 A child process drains the topic with small batches and is frozen, then SIGKILLed:
 
-* ``in_transaction``: inside the DuckDB transaction of the 3rd batch (rows appended, not
+* ``in_transaction``: inside the lake transaction of the 3rd batch (rows appended, not
   committed). Recovery must discard the half-written batch and re-read its range.
-* ``after_duckdb_commit``: after the 3rd batch's DuckDB commit, before its Kafka offset
+* ``after_lake_commit``: after the 3rd batch's lake commit, before its Kafka offset
   commit. The ledger is ahead of the consumer group; recovery must neither re-insert the
   batch nor leave the group behind.
-* ``before_deadletter_ack``: after the 3rd batch's DuckDB commit, before its dead letters
+* ``before_deadletter_ack``: after the 3rd batch's lake commit, before its dead letters
   are published. Recovery must publish them, once.
 
 Whatever the kill point, the dead-letter topic ends up with one record per dead letter.
@@ -83,7 +83,7 @@ from resources.kafka import DeadLetterPublisher
 original_publish = DeadLetterPublisher.publish
 
 def publish(self, letters):
-    # The dead letters of a batch are published after its DuckDB commit.
+    # The dead letters of a batch are published after its lake commit.
     if kill_point == "before_deadletter_ack" and state["writes"] == kill_on:
         freeze(f"batch #{kill_on} committed, its dead letters not yet acknowledged")
     return original_publish(self, letters)
@@ -93,13 +93,13 @@ DeadLetterPublisher.publish = publish
 original_commit = KafkaResource.commit_offsets
 
 def commit_offsets(self, *args, **kwargs):
-    # Only the commit that follows a batch's DuckDB commit (in _ingest_one) counts;
+    # Only the commit that follows a batch's lake commit (in _ingest_one) counts;
     # drain()'s per-loop mirror commit does not.
     if state["pending_kafka_commit"]:
         state["pending_kafka_commit"] = False
         state["kafka_commits_after_write"] += 1
-        if kill_point == "after_duckdb_commit" and state["kafka_commits_after_write"] == kill_on:
-            freeze(f"commit_offsets after DuckDB commit #{kill_on}")
+        if kill_point == "after_lake_commit" and state["kafka_commits_after_write"] == kill_on:
+            freeze(f"commit_offsets after lake commit #{kill_on}")
     return original_commit(self, *args, **kwargs)
 
 KafkaResource.commit_offsets = commit_offsets
@@ -207,20 +207,15 @@ def deadletter_sources(kafka: KafkaResource, dlq: str) -> list[str]:
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    "kill_point", ["in_transaction", "after_duckdb_commit", "before_deadletter_ack"]
+    "kill_point", ["in_transaction", "after_lake_commit", "before_deadletter_ack"]
 )
-@pytest.mark.parametrize("backend", ["file", "lake"])
 def test_sigkill_mid_ingest_then_recover_is_exactly_once(
     kafka: KafkaResource,
     topic: str,
-    request: pytest.FixtureRequest,
+    warehouse: DuckDBWarehouseResource,
     tmp_path: Path,
     kill_point: str,
-    backend: str,
 ) -> None:
-    warehouse: DuckDBWarehouseResource = request.getfixturevalue(
-        "warehouse" if backend == "file" else "lake_warehouse"
-    )
     sent = produce(kafka, topic, EVENTS, malformed_fraction=0.02, duplicate_fraction=0.02)
     assert sent["malformed"] > 0 and sent["duplicates"] > 0
 

@@ -10,6 +10,9 @@ lake in its own database and its own temporary data folder:
    offset touched; ``bench/ingest.py``'s ``raw_consume``): the physical ceiling, 3 reps;
 2. drain() of the whole topic into a fresh DuckLake, --reps times: events/s of the whole
    drain (schema creation, first attach and every batch included); the lake/raw ratio;
+   after each, the same drain into another fresh lake while a query of another process
+   holds its snapshot open throughout (a notebook's long query; it uses no CPU): ingest
+   with a reader against without;
 3. two more drains, each into a fresh lake in a child process, read meanwhile, a count
    and a 10-minute window query back to back: during the first through
    ``warehouse.query(...)`` in this process, during the second through ``astra sql``
@@ -122,6 +125,59 @@ def run_drain(
     seconds = time.perf_counter() - t0
     assert totals.messages == n and totals.reached_eof, totals
     return totals, seconds
+
+
+HOLDER_PROGRAM = """
+import sys, duckdb
+from resources.duckdb_extensions import load_extension
+con = duckdb.connect()
+for name in ("ducklake", "postgres_scanner"):
+    load_extension(con, name)
+con.execute(sys.argv[1])
+con.execute("USE lake")
+
+def hold(value):
+    print("holding", flush=True)
+    sys.stdin.read()  # until the benchmark closes our stdin
+    return value
+
+con.create_function("hold", hold, ["BIGINT"], "BIGINT")
+print(con.execute(
+    "SELECT (SELECT count(*) FROM raw.events), max(hold(i)) FROM range(1) AS t(i)"
+).fetchall(), flush=True)
+"""
+"""A reader in a process of its own (a notebook) whose one query lasts until the benchmark
+closes its stdin: it holds its snapshot for the whole drain, using no CPU meanwhile."""
+
+
+def drain_while_held(
+    servers: str, topic: str, dlq: str, warehouse: DuckDBWarehouseResource, n: int
+) -> tuple[IngestTotals, float, bool]:
+    """run_drain while HOLDER_PROGRAM's query runs; whether it was still running at the end."""
+    warehouse.ensure_schema()
+    holder = subprocess.Popen(
+        [
+            str(ROOT / ".venv" / "bin" / "python"),
+            "-c",
+            HOLDER_PROGRAM,
+            warehouse.lake_location().attach_sql(read_only=True),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    if holder.stdout.readline().strip() != "holding":
+        holder.kill()
+        raise RuntimeError("the long query did not start")
+    try:
+        totals, seconds = run_drain(servers, topic, dlq, warehouse, n)
+        held = holder.poll() is None
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    return totals, seconds, held
 
 
 FLOOR_PROGRAM = """
@@ -447,6 +503,7 @@ def run(args: argparse.Namespace, n: int, command: str, tmp: Path) -> None:
         log(f"raw consume: {', '.join(fmt(r) for r in raw_runs)} ev/s")
 
         drains: list[dict[str, Any]] = []
+        held_drains: list[dict[str, Any]] = []
         for rep in range(1, args.reps + 1):
             log(f"drain rep {rep}: lake")
             warehouse, database = lakes.new()
@@ -469,6 +526,11 @@ def run(args: argparse.Namespace, n: int, command: str, tmp: Path) -> None:
             }
             log(f"  {fmt(entry['rate'])} ev/s ({seconds:.2f}s, {totals.batches} batches)")
             drains.append(entry)
+            log(f"drain rep {rep}: lake, a query held open in another process throughout")
+            warehouse, _ = lakes.new()
+            _, held_s, still_held = drain_while_held(servers, topic, dlq, warehouse, n)
+            held_drains.append({"rep": rep, "rate": n / held_s, "held": still_held})
+            log(f"  {fmt(n / held_s)} ev/s ({held_s:.2f}s), query still running: {still_held}")
 
         concurrent: dict[str, Any] = {}
         for reader in ("in_process", "cli"):
@@ -497,6 +559,7 @@ def run(args: argparse.Namespace, n: int, command: str, tmp: Path) -> None:
         "raw_consume_rates": raw_runs,
         "raw_consume_median": raw_rate,
         "drains": drains,
+        "held_drains": held_drains,
         "lake_over_raw_median": lake_raw,
         "concurrent": concurrent,
         "total_seconds": total_s,
@@ -532,6 +595,27 @@ def run(args: argparse.Namespace, n: int, command: str, tmp: Path) -> None:
             "per rep: "
             + ", ".join(f"{r / raw_rate:.2f}" for r in lake_rates)
             + f"; target >= {TARGET_LAKE_RAW}",
+        )
+    )
+    held_rates = [h["rate"] for h in held_drains]
+    for h in held_drains:
+        rows.append(
+            (
+                f"drain() into a fresh lake while another process's query holds its snapshot "
+                f"open throughout, rep {h['rep']}",
+                fmt(h["rate"]),
+                "the query was still running when the drain ended"
+                if h["held"]
+                else "**the query had ended before the drain**",
+            )
+        )
+    rows.append(
+        (
+            "**Held query / without** (medians)",
+            f"**{statistics.median(held_rates) / statistics.median(lake_rates):.2f}**",
+            "same-condition spread without: "
+            f"{(max(lake_rates) - min(lake_rates)) / statistics.median(lake_rates):.0%}; "
+            "target: within noise",
         )
     )
     for reader, how in (("in_process", "`warehouse.query`"), ("cli", "`astra sql`")):
