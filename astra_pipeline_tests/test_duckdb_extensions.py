@@ -11,7 +11,8 @@ import duckdb
 import psycopg
 import pytest
 
-from resources.duckdb_extensions import PACKAGES, ExtensionMissing, load_extension
+from resources import duckdb_extensions
+from resources.duckdb_extensions import PACKAGES, ExtensionMissing, connect, load_extension
 from resources.embedded_postgres import EmbeddedPostgres
 
 
@@ -31,6 +32,37 @@ def test_a_missing_extension_names_its_package() -> None:
         connection.execute("SET custom_extension_repository = '/nonexistent'")
         with pytest.raises(ExtensionMissing, match="pip install 'duckdb-extension-nosuch=="):
             load_extension(connection, "nosuch")
+
+
+def test_the_signature_check_is_skipped_only_for_extensions_all_from_wheels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with connect(("ducklake", "postgres_scanner")) as connection:
+        skipped = connection.execute(
+            "SELECT current_setting('allow_unsigned_extensions')"
+        ).fetchone()
+        loaded = connection.execute(
+            "SELECT count(*) FROM duckdb_extensions() WHERE loaded AND extension_name IN "
+            "('ducklake', 'postgres_scanner')"
+        ).fetchone()
+    assert skipped == (True,) and loaded == (2,)
+    # One of them not from a wheel (it would come through INSTALL): the check stays on.
+    configs: list[dict[str, str]] = []
+    real = duckdb.connect
+
+    def recording(*args: object, config: dict[str, str] | None = None) -> object:
+        configs.append(dict(config or {}))
+        return real(*args, config=config or {})
+
+    monkeypatch.setattr(duckdb_extensions.duckdb, "connect", recording)
+    monkeypatch.setattr(
+        duckdb_extensions,
+        "wheel_extension",
+        lambda name, version=None: None if name == "nosuch" else Path("/x"),
+    )
+    with pytest.raises(ExtensionMissing):
+        connect(("nosuch",))
+    assert configs == [{}]
 
 
 def test_a_ducklake_on_postgres_and_a_folder(

@@ -128,11 +128,9 @@ def run_drain(
 
 
 HOLDER_PROGRAM = """
-import sys, duckdb
-from resources.duckdb_extensions import load_extension
-con = duckdb.connect()
-for name in ("ducklake", "postgres_scanner"):
-    load_extension(con, name)
+import sys
+from resources.duckdb_extensions import connect
+con = connect(("ducklake", "postgres_scanner"))
 con.execute(sys.argv[1])
 con.execute("USE lake")
 
@@ -181,11 +179,9 @@ def drain_while_held(
 
 
 FLOOR_PROGRAM = """
-import sys, duckdb
-from resources.duckdb_extensions import load_extension
-con = duckdb.connect()
-for name in ("ducklake", "postgres_scanner"):
-    load_extension(con, name)
+import sys
+from resources.duckdb_extensions import connect
+con = connect(("ducklake", "postgres_scanner"))
 con.execute(sys.argv[1])
 con.execute("USE lake")
 print(con.execute(sys.argv[2]).fetchall())

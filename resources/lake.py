@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import psycopg
 
-from resources.duckdb_extensions import load_extension
+from resources.duckdb_extensions import connect
 from resources.errors import WarehouseError
 
 if TYPE_CHECKING:
@@ -212,12 +212,10 @@ def open_lake(location: LakeLocation, read_only: bool) -> duckdb.DuckDBPyConnect
 
 
 def _attach(location: LakeLocation, read_only: bool) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect()
+    extensions = ("ducklake", "postgres_scanner") + (("httpfs",) if location.on_s3 else ())
+    con = connect(extensions)
     try:
-        for name in ("ducklake", "postgres_scanner"):
-            load_extension(con, name)
         if location.on_s3:
-            load_extension(con, "httpfs")
             _s3_secret(con, location.s3 or S3Location())
         try:
             con.execute(location.attach_sql(read_only))
