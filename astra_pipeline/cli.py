@@ -263,6 +263,17 @@ def cmd_snapshots(args: argparse.Namespace, settings: AstraSettings) -> int:
     return 0
 
 
+def cmd_import_duckdb(args: argparse.Namespace, settings: AstraSettings) -> int:
+    from resources.lake_import import import_duckdb_file
+
+    path = Path(args.path)
+    if not path.is_file():
+        raise UsageError(f"PATH: no DuckDB file at {path}")
+    copied = import_duckdb_file(_warehouse(settings), path)
+    sys.stdout.write(json.dumps({"imported": str(path), "rows": copied}) + "\n")
+    return 0
+
+
 def _coordinates(text: str) -> tuple[str | None, int, int]:
     """A dead letter's coordinates: PARTITION/OFFSET or TOPIC/PARTITION/OFFSET."""
     parts = text.rsplit("/", 2)
@@ -857,6 +868,14 @@ def build_parser() -> argparse.ArgumentParser:
     snaps.add_argument("--limit", type=_positive_int, default=20)
     snaps.add_argument("--format", choices=FORMATS, default="table")
     snaps.set_defaults(func=cmd_snapshots)
+
+    imports = sub.add_parser(
+        "import-duckdb",
+        help="copy a warehouse of the former single DuckDB file (ASTRA_DUCKDB_PATH) into "
+        "the empty lake: every table, the ledger included, in one commit",
+    )
+    imports.add_argument("path", metavar="PATH", help="the DuckDB file, e.g. data/astra.duckdb")
+    imports.set_defaults(func=cmd_import_duckdb)
 
     backfill = sub.add_parser(
         "backfill",

@@ -42,6 +42,7 @@ def one_line(args: list[str], capfd: pytest.CaptureFixture[str]) -> str:
         (["ingest", "--shards", "1", "--shard", "3"], "--shard"),
         (["ingest", "--shard", "-1"], "--shard"),
         (["api", "--port", "0"], "--port"),
+        (["import-duckdb", "/nonexistent/astra.duckdb"], "PATH"),
         (["api-key", "create", "--scope", "admin"], "--scope"),
     ],
 )

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -36,6 +37,7 @@ from resources.ingest_store import BatchRows, write_batch
 from resources.kafka import KafkaResource
 from resources.lake import open_lake
 from resources.lake_maintenance import maintain
+from resources.tables import TABLES
 from resources.warehouse import DuckDBWarehouseResource
 
 BIN = Path(sys.executable).parent
@@ -482,3 +484,49 @@ def test_a_catalog_serialization_failure_counts_as_a_commit_conflict() -> None:
     )
     assert is_commit_conflict(seen)
     assert not is_commit_conflict(duckdb.Error("Catalog Error: Table with name x does not exist"))
+
+
+def test_a_duckdb_file_warehouse_moves_into_a_lake_and_ingest_goes_on(
+    broker: EmbeddedBroker,
+    topic: str,
+    kafka: KafkaResource,
+    lake_warehouse: DuckDBWarehouseResource,
+    new_lake: Callable[[], DuckDBWarehouseResource],
+    tmp_path: Path,
+) -> None:
+    """`astra import-duckdb PATH`: a warehouse of the former single DuckDB file (every
+    table, the ledger included) moves into an empty lake in one commit, and ingest goes on
+    from the file's last batch, every event once."""
+    first = produce(kafka, topic, 3_000, seed=31, malformed_fraction=0.02, duplicate_fraction=0.02)
+    drain(kafka, lake_warehouse, _config(topic, batch=500), run_id=None)
+    # The file as the old storage path left it: the same tables and rows.
+    old = tmp_path / "astra.duckdb"
+    with lake_warehouse.session() as session:
+        session.execute(f"ATTACH '{old}' AS old_file")
+        try:
+            for table in TABLES:
+                schema = table.split(".")[0]
+                session.execute(f"CREATE SCHEMA IF NOT EXISTS old_file.{schema}")
+                session.execute(f"CREATE TABLE old_file.{table} AS SELECT * FROM {table}")
+        finally:
+            session.execute("DETACH old_file")
+    before = {t: lake_warehouse.query(f"SELECT count(*) FROM {t}").item() for t in TABLES}
+
+    lake = new_lake()
+    env = _lake_env(lake, broker, topic)
+    imported = json.loads(_astra(["import-duckdb", str(old)], env))
+    assert imported["rows"]["raw.events"] == first["total"] > 0
+    for table, rows in imported["rows"].items():
+        assert rows == before[table] == lake.query(f"SELECT count(*) FROM {table}").item(), table
+    assert "ops.ingest_turns_p0" not in imported["rows"], "the lake's own turns are not copied"
+    assert any("import of" in str(m) for m in lake.snapshots(5)["message"].to_list())
+    # Only an empty lake takes an import: one line, nothing copied twice.
+    refused = _astra(["import-duckdb", str(old)], env, returncode=2)
+    assert "already holds ingested rows" in refused and refused.count("\n") == 1
+
+    second = produce(kafka, topic, 2_000, seed=32, malformed_fraction=0.02)
+    totals = json.loads(_astra(["ingest", "--no-progress"], env))
+    assert totals["messages"] == second["total"], "ingest went on from the file's ledger"
+    got = _raw_counts(lake)
+    assert got["n"] == got["distinct_offsets"] == first["total"] + second["total"]
+    _ledger_is_contiguous(lake, topic)

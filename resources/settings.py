@@ -142,7 +142,8 @@ dev session's lake catalog and data path."""
 
 RETIRED = {
     "ASTRA_DUCKDB_PATH": "the warehouse is a DuckLake, set ASTRA_LAKE_CATALOG and "
-    "ASTRA_LAKE_DATA_PATH (docs/lake.md)",
+    "ASTRA_LAKE_DATA_PATH instead (docs/lake.md); `astra import-duckdb PATH` moves an old "
+    "file's tables into the lake",
     "ASTRA_DUCKDB_LOCK_TIMEOUT_S": "a DuckLake has no file lock to wait for (docs/lake.md)",
 }
 """Variables of the single DuckDB file, which is gone: set, they are an error rather than
