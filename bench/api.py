@@ -52,13 +52,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import csv
 import datetime as dt
 import io
 import json
 import os
-import platform
 import re
 import resource
 import shlex
@@ -72,7 +70,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_util import TICKS, fmt, log, proc_cpu
+from bench_util import TICKS, fmt, invocation, latency_ms, log, machine, proc_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## astra api (gateway and read API)"
@@ -104,22 +102,6 @@ def reaped() -> float:
     """CPU seconds of this process's children that ended (load processes, hey, wrk)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def machine() -> str:
-    model, mem = "unknown", ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f", {int(line.split()[1]) // 1024 // 1024} GiB RAM"
-    return (
-        f"nproc={os.cpu_count()}, CPU: {model}{mem}, {platform.system()} "
-        f"{platform.release()}, Python {platform.python_version()}"
-    )
 
 
 # ---------------------------------------------------------------- events
@@ -192,14 +174,12 @@ def child_post(params: dict[str, Any]) -> dict[str, Any]:
             return time.perf_counter() - began
 
     wall = asyncio.run(run())
-    latencies.sort()
     return {
         "wall_s": wall,
         "accepted": stats["accepted"],
         "requests": stats["requests"],
         "statuses": {str(k): v for k, v in stats["statuses"].items()},
-        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else 0.0,
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else 0.0,
+        **latency_ms(latencies),
     }
 
 
@@ -242,14 +222,12 @@ def child_ws(params: dict[str, Any]) -> dict[str, Any]:
         return time.perf_counter() - began
 
     wall = asyncio.run(run())
-    latencies.sort()
     return {
         "wall_s": wall,
         "accepted": stats["accepted"],
         "messages": stats["messages"],
         "errors": dict(stats["errors"]),
-        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else 0.0,
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else 0.0,
+        **latency_ms(latencies),
     }
 
 
@@ -866,7 +844,7 @@ def main() -> None:
     if args.child:
         child_main(*args.child)
         return
-    command = ".venv/bin/python bench/api.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = invocation("api.py")
     tools = {name: shutil.which(name) for name in ("hey", "wrk")}
     missing = [name for name, path in tools.items() if path is None]
     if missing:

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
+import shlex
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from resources.warehouse import DuckDBWarehouseResource
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -68,3 +82,79 @@ def proc_cpu(pid: int | None) -> float:
         return 0.0
     # After the ")": state is field 3, utime..cstime are fields 14..17.
     return sum(int(x) for x in fields[11:15]) / TICKS
+
+
+def machine() -> str:
+    """The machine a figure was measured on: cores, CPU model, memory, OS, Python."""
+    model, mem = "unknown", ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f", {int(line.split()[1]) // 1024 // 1024} GiB RAM"
+    system = f"{platform.system()} {platform.release()}"
+    return (
+        f"nproc={os.cpu_count()}, CPU: {model}{mem}, {system}, Python {platform.python_version()}"
+    )
+
+
+def latency_ms(latencies: list[float]) -> dict[str, float]:
+    """p50 and p99 (nearest rank) of latencies in seconds, in milliseconds; 0 when none."""
+    if not latencies:
+        return {"p50_ms": 0.0, "p99_ms": 0.0}
+    return {"p50_ms": 1000 * percentile(latencies, 50), "p99_ms": 1000 * percentile(latencies, 99)}
+
+
+def invocation(script: str) -> str:
+    """The command line that ran this benchmark, as docs quote it."""
+    return f".venv/bin/python bench/{script} " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A temporary folder for one run, removed afterwards whatever happens."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def start_drain_child(
+    servers: str, group: str, topic: str, dlq: str, warehouse: DuckDBWarehouseResource, batch: int
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """DRAIN_CHILD in a process of its own (as a Dagster run would be), returned once it
+    is about to call drain(), with the list its stderr lines are collected into."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            DRAIN_CHILD,
+            servers,
+            group,
+            topic,
+            dlq,
+            warehouse.lake_catalog,
+            warehouse.lake_data_path,
+            warehouse.lake_metadata_schema,
+            str(batch),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert child.stdout is not None and child.stderr is not None
+    errors: list[str] = []
+    stream = child.stderr
+    threading.Thread(target=lambda: errors.extend(stream), daemon=True).start()
+    first = child.stdout.readline().strip()
+    if first != "start":
+        child.wait()
+        raise RuntimeError(f"drain child did not start: {first!r} {''.join(errors)[-3000:]}")
+    return child, errors

@@ -24,8 +24,6 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -36,6 +34,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+from bench_util import machine
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from embedded_daemon import INSTANCE_YAML, embedded_daemon, lake_catalog
 
@@ -93,28 +92,6 @@ data_path schema batch`, from the repository root): one JSON line."""
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f", {int(line.split()[1]) // 1024 // 1024} GiB RAM"
-    except OSError:
-        pass
-    system = f"{platform.system()} {platform.release()}"
-    return (
-        f"nproc={os.cpu_count()}, CPU: {model}{mem}, {system}, Python {platform.python_version()}"
-    )
 
 
 def simulate(count: int, malformed: float) -> list[tuple[bytes, bytes]]:

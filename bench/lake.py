@@ -38,22 +38,17 @@ import io
 import json
 import os
 import pstats
-import shlex
-import shutil
 import statistics
 import subprocess
-import sys
-import tempfile
-import threading
 import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench_util import DRAIN_CHILD, fmt, log, percentile
+from bench_util import fmt, invocation, log, machine, percentile, scratch, start_drain_child
 from embedded_daemon import Lakes, lake_catalog, lake_env
-from ingest import PARTITIONS, machine, new_topic, raw_consume, simulate
+from ingest import PARTITIONS, new_topic, raw_consume, simulate
 
 from astra_pipeline.assets.ingest import IngestConfig, IngestTotals, drain
 from resources.broker import EmbeddedBroker
@@ -191,69 +186,24 @@ import DuckDB, load the two extensions, attach the lake read-only, run the query
 settings, no polars, no table rendering: the floor under `astra sql` on this machine."""
 
 
-def floor_sql(sql: str, warehouse: DuckDBWarehouseResource) -> float:
-    attach = warehouse.lake_location().attach_sql(read_only=True)
+def timed_process(command: list[str], env: dict[str, str] | None, what: str) -> float:
+    """Seconds ``command`` takes from start to exit (a failure raises, naming ``what``)."""
     t0 = time.perf_counter()
-    done = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), "-c", FLOOR_PROGRAM, attach, sql],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
-        raise RuntimeError(f"minimal client failed: {done.stderr.strip()[-500:]}")
+        raise RuntimeError(f"{what} failed: {done.stderr.strip()[-500:]}")
     return seconds
+
+
+def floor_sql(sql: str, warehouse: DuckDBWarehouseResource) -> float:
+    attach = warehouse.lake_location().attach_sql(read_only=True)
+    python = str(ROOT / ".venv" / "bin" / "python")
+    return timed_process([python, "-c", FLOOR_PROGRAM, attach, sql], None, "minimal client")
 
 
 def cli_sql(sql: str, env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    done = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "astra"), "sql", sql],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise RuntimeError(f"astra sql failed: {done.stderr.strip()[-500:]}")
-    return seconds
-
-
-def start_lake_child(
-    servers: str, topic: str, dlq: str, warehouse: DuckDBWarehouseResource
-) -> tuple[subprocess.Popen[str], list[str]]:
-    """drain() of the whole topic into ``warehouse`` in a child process (as a Dagster run
-    would be), returned once it is about to call drain()."""
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            DRAIN_CHILD,
-            servers,
-            f"lake-conc-{uuid.uuid4().hex[:6]}",
-            topic,
-            dlq,
-            warehouse.lake_catalog,
-            warehouse.lake_data_path,
-            warehouse.lake_metadata_schema,
-            str(BATCH),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None and child.stderr is not None
-    stderr: list[str] = []
-    errors_out = child.stderr
-    threading.Thread(target=lambda: stderr.extend(errors_out), daemon=True).start()
-    first = child.stdout.readline().strip()
-    if first != "start":
-        child.wait()
-        raise RuntimeError(f"lake drain child: {first!r} {''.join(stderr)[-3000:]}")
-    return child, stderr
+    return timed_process([str(ROOT / ".venv" / "bin" / "astra"), "sql", sql], env, "astra sql")
 
 
 def finish_lake_child(child: subprocess.Popen[str], stderr: list[str], n: int) -> dict[str, Any]:
@@ -279,7 +229,9 @@ def reads_during_drain(
     warehouse.query(COUNT_SQL)  # this process's first read attaches the lake: left out
     attach_s = time.perf_counter() - t0
     env = lake_env(warehouse)
-    child, stderr = start_lake_child(servers, topic, dlq, warehouse)
+    child, stderr = start_drain_child(
+        servers, f"lake-conc-{uuid.uuid4().hex[:6]}", topic, dlq, warehouse, BATCH
+    )
     samples: dict[str, list[float]] = {"count": [], "window": [], "floor": []}
     counts: list[int] = []
     errors: list[str] = []
@@ -465,12 +417,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write the markdown doc")
     args = parser.parse_args()
     n = args.profile_events or args.events
-    command = ".venv/bin/python bench/lake.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    tmp = Path(tempfile.mkdtemp(prefix="astra-bench-lake-"))
-    try:
-        run(args, n, command, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with scratch("astra-bench-lake-") as tmp:
+        run(args, n, invocation("lake.py"), tmp)
 
 
 def run(args: argparse.Namespace, n: int, command: str, tmp: Path) -> None:

@@ -45,8 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_util import free_port, log, percentile  # noqa: E402
-from ingest import machine  # noqa: E402
+from bench_util import free_port, log, machine, percentile  # noqa: E402
 
 from astra_pipeline.assets.ingest import IngestConfig, drain, refresh_live_hour  # noqa: E402
 from astra_pipeline.cli import DEV_STREAM_FLAWS  # noqa: E402

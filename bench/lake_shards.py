@@ -27,21 +27,18 @@ import contextlib
 import datetime as dt
 import json
 import os
-import shlex
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_util import fmt, free_port, log, proc_cpu
+from bench_util import fmt, free_port, invocation, log, machine, proc_cpu, scratch
 from embedded_daemon import Lakes, lake_env
-from ingest import PARTITIONS, machine, new_topic, raw_consume, simulate
+from ingest import PARTITIONS, new_topic, raw_consume, simulate
 
 from resources.broker import EmbeddedBroker
 from resources.embedded_postgres import EmbeddedPostgres
@@ -190,14 +187,8 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "docs" / "performance.md"))
     parser.add_argument("--write", action="store_true", help="append the section to --output")
     args = parser.parse_args()
-    command = ".venv/bin/python bench/lake_shards.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:]
-    )
-    tmp = Path(tempfile.mkdtemp(prefix="astra-bench-shards-"))
-    try:
-        run(args, command, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with scratch("astra-bench-shards-") as tmp:
+        run(args, invocation("lake_shards.py"), tmp)
 
 
 def run(args: argparse.Namespace, command: str, tmp: Path) -> None:

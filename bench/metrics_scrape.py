@@ -52,13 +52,11 @@ import datetime as dt
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -70,8 +68,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
-from bench_util import DRAIN_CHILD, fmt, log, percentile, proc_cpu
-from ingest import PARTITIONS, machine, new_topic, simulate
+from bench_util import (
+    fmt,
+    invocation,
+    log,
+    machine,
+    percentile,
+    proc_cpu,
+    scratch,
+    start_drain_child,
+)
+from ingest import PARTITIONS, new_topic, simulate
 
 from resources.broker import EmbeddedBroker
 from resources.kafka import KafkaResource
@@ -313,35 +320,7 @@ class Lab:
     def start_child(
         self, group: str, warehouse: DuckDBWarehouseResource
     ) -> tuple[subprocess.Popen[str], list[str]]:
-        child = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                DRAIN_CHILD,
-                self.servers,
-                group,
-                self.topic,
-                self.dlq,
-                warehouse.lake_catalog,
-                warehouse.lake_data_path,
-                METADATA_SCHEMA,
-                str(BATCH),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        assert child.stdout is not None and child.stderr is not None
-        errors: list[str] = []
-        stream = child.stderr
-        threading.Thread(target=lambda: errors.extend(stream), daemon=True).start()
-        first = child.stdout.readline().strip()
-        if first != "start":
-            child.wait()
-            raise SystemExit(f"drain child did not start: {first!r} {''.join(errors)[-3000:]}")
-        return child, errors
+        return start_drain_child(self.servers, group, self.topic, self.dlq, warehouse, BATCH)
 
     def finish_child(
         self, child: subprocess.Popen[str], errors: list[str], label: str
@@ -741,14 +720,8 @@ def main() -> None:
     # the clean-up below: the API process stopped, the databases dropped, the broker.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    command = ".venv/bin/python bench/metrics_scrape.py " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:]
-    )
-    tmp = Path(tempfile.mkdtemp(prefix="astra-bench-metrics-"))
-    try:
-        run(args, command, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with scratch("astra-bench-metrics-") as tmp:
+        run(args, invocation("metrics_scrape.py"), tmp)
 
 
 def run(args: argparse.Namespace, command: str, tmp: Path) -> None:
