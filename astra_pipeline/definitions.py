@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 import dagster as dg
 
 from astra_pipeline.assets.alerts import ALERTS_KEY, build_alerts_asset
@@ -56,7 +54,6 @@ from sensors.window_refresh import build_scoring_sensor, build_windows_sensor
 
 
 def build_definitions(settings: AstraSettings) -> dg.Definitions:
-    lake = _lake_maintenance(settings)
     ingest_config = IngestConfig(
         topic=settings.topic_raw,
         deadletter_topic=settings.topic_deadletter,
@@ -89,7 +86,9 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
             anomaly_scores,
             build_alerts_asset(settings.topic_alerts),
             *build_serving_assets(served, automate=settings.pg_serving_automation),
-            *lake.assets,
+            build_lake_files(
+                settings.lake_snapshot_retention_hours, settings.lake_raw_retention_days
+            ),
         ],
         asset_checks=[
             *STATIC_CHECKS,
@@ -98,10 +97,14 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
             windowed_aggregates_fresh_on_event_time,
             *scoring_checks(),
         ],
-        jobs=[ingest_job, windows_job, anomaly_job, churn_job, *lake.jobs],
+        jobs=[ingest_job, windows_job, anomaly_job, churn_job, build_lake_maintenance_job()],
         schedules=[
             build_churn_schedule(CHURN_JOB_NAME, settings.sensor_running_by_default),
-            *lake.schedules,
+            build_lake_maintenance_schedule(
+                LAKE_MAINTENANCE_JOB_NAME,
+                settings.lake_maintenance_cron,
+                settings.sensor_running_by_default,
+            ),
         ],
         sensors=[
             *_serving_automation(settings),
@@ -123,31 +126,6 @@ def build_definitions(settings: AstraSettings) -> dg.Definitions:
             "warehouse": warehouse_from_settings(settings),
             "serving_db": serving_resource_from_settings(settings),
         },
-    )
-
-
-class _LakeParts(NamedTuple):
-    assets: list[dg.AssetsDefinition]
-    jobs: list[Any]
-    schedules: list[dg.ScheduleDefinition]
-
-
-def _lake_maintenance(settings: AstraSettings) -> _LakeParts:
-    """The lake's maintenance asset, its job and schedule."""
-    return _LakeParts(
-        assets=[
-            build_lake_files(
-                settings.lake_snapshot_retention_hours, settings.lake_raw_retention_days
-            )
-        ],
-        jobs=[build_lake_maintenance_job()],
-        schedules=[
-            build_lake_maintenance_schedule(
-                LAKE_MAINTENANCE_JOB_NAME,
-                settings.lake_maintenance_cron,
-                settings.sensor_running_by_default,
-            )
-        ],
     )
 
 

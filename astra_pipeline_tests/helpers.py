@@ -19,7 +19,7 @@ from psycopg import sql
 
 from astra_pipeline.simulator import SimulatorConfig, generate
 from resources.kafka import KafkaResource
-from resources.settings import AstraSettings
+from resources.settings import AstraSettings, env_var_name
 from resources.tables import TABLES
 from resources.warehouse import DuckDBWarehouseResource
 
@@ -92,11 +92,7 @@ def copy_lake(source: DuckDBWarehouseResource, target: DuckDBWarehouseResource) 
 
 def lake_env(warehouse: DuckDBWarehouseResource) -> dict[str, str]:
     """The environment variables that name ``warehouse`` to another process."""
-    return {
-        "ASTRA_LAKE_CATALOG": warehouse.lake_catalog,
-        "ASTRA_LAKE_DATA_PATH": warehouse.lake_data_path,
-        "ASTRA_LAKE_METADATA_SCHEMA": warehouse.lake_metadata_schema,
-    }
+    return {env_var_name(name): value for name, value in lake_fields(warehouse).items()}
 
 
 def counts(warehouse: DuckDBWarehouseResource) -> dict[str, Any]:
@@ -131,15 +127,6 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-
-
-def lake_of(env: dict[str, str]) -> DuckDBWarehouseResource:
-    """The lake an environment (lake_env's variables) names."""
-    return DuckDBWarehouseResource(
-        lake_catalog=env["ASTRA_LAKE_CATALOG"],
-        lake_data_path=env["ASTRA_LAKE_DATA_PATH"],
-        lake_metadata_schema=env["ASTRA_LAKE_METADATA_SCHEMA"],
-    )
 
 
 def make_lake(catalog: str, folder: Path) -> DuckDBWarehouseResource:

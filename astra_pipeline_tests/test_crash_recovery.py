@@ -31,16 +31,11 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from astra_pipeline.assets.ingest import IngestConfig, drain
-from astra_pipeline_tests.helpers import counts, produce
+from astra_pipeline_tests.helpers import counts, lake_fields, produce
 from resources.kafka import KafkaResource
 from resources.warehouse import DuckDBWarehouseResource
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WAREHOUSE_FIELDS = (
-    "lake_catalog",
-    "lake_data_path",
-    "lake_metadata_schema",
-)
 EVENTS = 20_000
 BATCH = 2_000
 KILL_ON_CALL = 3
@@ -132,7 +127,7 @@ def run_child_until_frozen(
         kafka.bootstrap_servers,
         topic,
         kafka.consumer_group,
-        json.dumps({name: getattr(warehouse, name) for name in WAREHOUSE_FIELDS}),
+        json.dumps(lake_fields(warehouse)),
         kill_point,
         str(marker),
         str(KILL_ON_CALL),

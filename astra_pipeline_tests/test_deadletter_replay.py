@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from astra_pipeline import cli
 from astra_pipeline.assets.ingest import IngestConfig, drain
 from astra_pipeline.replay import REPLAY_ID_HEADER, REPLAY_OF_HEADER, replay
-from astra_pipeline_tests.helpers import lake_env, sensor_reading
+from astra_pipeline_tests.helpers import lake_env, lake_fields, sensor_reading
 from resources.broker import EmbeddedBroker
 from resources.deadletter_store import Selection, examples, summary
 from resources.kafka import KafkaResource
@@ -199,12 +199,7 @@ def test_a_replay_killed_midway_and_run_again_sends_each_dead_letter_once(
             broker.bootstrap_servers,
             topic,
             kafka.consumer_group,
-            json.dumps(
-                {
-                    name: getattr(warehouse, name)
-                    for name in ("lake_catalog", "lake_data_path", "lake_metadata_schema")
-                }
-            ),
+            json.dumps(lake_fields(warehouse)),
             kill_point,
             str(marker),
         ],

@@ -499,15 +499,20 @@ def test_a_duckdb_file_warehouse_moves_into_a_lake_and_ingest_goes_on(
     from the file's last batch, every event once."""
     first = produce(kafka, topic, 3_000, seed=31, malformed_fraction=0.02, duplicate_fraction=0.02)
     drain(kafka, lake_warehouse, _config(topic, batch=500), run_id=None)
-    # The file as the old storage path left it: the same tables and rows.
+    # The file as an older version of the storage path left it: the same rows, but
+    # without a table that came later (ml.declining_users_truth) and without the ledger's
+    # topic ids (a column that came later too).
     old = tmp_path / "astra.duckdb"
     with lake_warehouse.session() as session:
         session.execute(f"ATTACH '{old}' AS old_file")
         try:
             for table in TABLES:
+                if table == "ml.declining_users_truth":
+                    continue
                 schema = table.split(".")[0]
                 session.execute(f"CREATE SCHEMA IF NOT EXISTS old_file.{schema}")
                 session.execute(f"CREATE TABLE old_file.{table} AS SELECT * FROM {table}")
+            session.execute("ALTER TABLE old_file.ops.ingest_ledger DROP COLUMN topic_id")
         finally:
             session.execute("DETACH old_file")
     before = {t: lake_warehouse.query(f"SELECT count(*) FROM {t}").item() for t in TABLES}
@@ -518,11 +523,13 @@ def test_a_duckdb_file_warehouse_moves_into_a_lake_and_ingest_goes_on(
     assert imported["rows"]["raw.events"] == first["total"] > 0
     for table, rows in imported["rows"].items():
         assert rows == before[table] == lake.query(f"SELECT count(*) FROM {table}").item(), table
-    assert "ops.ingest_turns_p0" not in imported["rows"], "the lake's own turns are not copied"
+    assert "ops.deadletter_replay_turns" not in imported["rows"], "the lake's turns stay its own"
+    assert "ml.declining_users_truth" not in imported["rows"], "a table the file lacks"
+    assert lake.query("SELECT count(topic_id) FROM ops.ingest_ledger").item() == 0
     assert any("import of" in str(m) for m in lake.snapshots(5)["message"].to_list())
     # Only an empty lake takes an import: one line, nothing copied twice.
     refused = _astra(["import-duckdb", str(old)], env, returncode=2)
-    assert "already holds ingested rows" in refused and refused.count("\n") == 1
+    assert "already holds" in refused and refused.count("\n") == 1
 
     second = produce(kafka, topic, 2_000, seed=32, malformed_fraction=0.02)
     totals = json.loads(_astra(["ingest", "--no-progress"], env))

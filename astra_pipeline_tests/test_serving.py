@@ -1,8 +1,8 @@
 """Postgres serving copy against a real Postgres (conftest.postgres_server: the local one
 on 127.0.0.1:5432, else the embedded one; database `test`).
 
-Each test session works in a fresh, uniquely named schema, dropped at the end; the DuckDB
-side is a temporary file with a table of the same `schema.table` name.
+Each test session works in a fresh, uniquely named schema, dropped at the end; the lake
+side is a fresh lake with a table of the same `schema.table` name.
 """
 
 from __future__ import annotations

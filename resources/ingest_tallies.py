@@ -2,9 +2,9 @@
 
 The first refresh counts each table once; every later one counts only the rows committed
 since: the rows of snapshots after the last one seen (snapshots are in commit order,
-whatever order the shards stamped their batches in). A scrape after a quiet minute reads
-nothing but the newest snapshot id. Each refresh returns a copy: a scrape renders one
-reading while the next refresh adds to the running totals.
+whatever order the shards stamped their batches in), four queries filtered on
+``snapshot_id``. Each refresh returns a copy: a scrape renders one reading while the next
+refresh adds to the running totals.
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ class Tallies:
 class IngestTallies:
     def __init__(self, warehouse: DuckDBWarehouseResource) -> None:
         self._warehouse = warehouse
-        self._marks: dict[str, Any] = {}
+        self._marks: dict[str, int] = {}
         self._tallies = Tallies()
         self._lock = threading.Lock()
 
     def refresh(self) -> Tallies:
         """Add the rows committed since the last refresh; a copy of the running totals."""
         with self._lock, self._warehouse.session(read_only=True) as session:
-            mark = "snapshot_id"
             tallies = self._tallies
             for table in CLEAN_TABLES:
                 buckets = ", ".join(
@@ -50,7 +49,6 @@ class IngestTallies:
                 row = self._new_rows(
                     session,
                     table,
-                    mark,
                     f"count(*), coalesce(sum(latency), 0), {buckets}",
                     "epoch(ingested_at) - epoch(ts) AS latency",
                 )
@@ -61,24 +59,24 @@ class IngestTallies:
                 tallies.latency_sum_s += total
                 for i, value in enumerate([*cumulative, count]):
                     tallies.latency_buckets[i] += value
-            for head, count in self._grouped(session, mark):
+            for head, count in self._grouped(session):
                 tallies.dead_letters_by_head[head] = (
                     tallies.dead_letters_by_head.get(head, 0) + count
                 )
-            row = self._new_rows(session, DUPLICATE_EVENTS, mark, "count(*)", "1 AS one")
+            row = self._new_rows(session, DUPLICATE_EVENTS, "count(*)", "1 AS one")
             if row is not None:
                 tallies.duplicates += row[0]
             return copy.deepcopy(tallies)
 
     def _new_rows(
-        self, session: Any, table: str, mark: str, select: str, extra: str
+        self, session: Any, table: str, select: str, extra: str
     ) -> tuple[Any, ...] | None:
         since = self._marks.get(table)
-        where = f"WHERE {mark} > ?" if since is not None else ""
+        where = "WHERE snapshot_id > ?" if since is not None else ""
         params = [since] if since is not None else []
         row = session.query(
             f"SELECT {select}, max(mark)"
-            f" FROM (SELECT {mark} AS mark, {extra} FROM {table} {where})",
+            f" FROM (SELECT snapshot_id AS mark, {extra} FROM {table} {where})",
             params,
         ).row(0)
         *values, newest = row
@@ -87,11 +85,11 @@ class IngestTallies:
         self._marks[table] = newest
         return tuple(values)
 
-    def _grouped(self, session: Any, mark: str) -> list[tuple[str, int]]:
+    def _grouped(self, session: Any) -> list[tuple[str, int]]:
         since = self._marks.get(DEAD_LETTER_EVENTS)
-        where = f"WHERE {mark} > ?" if since is not None else ""
+        where = "WHERE snapshot_id > ?" if since is not None else ""
         frame = session.query(
-            f"SELECT split_part(reason, ':', 1) AS head, count(*) AS n, max({mark}) AS newest"
+            "SELECT split_part(reason, ':', 1) AS head, count(*) AS n, max(snapshot_id) AS newest"
             f" FROM {DEAD_LETTER_EVENTS} {where} GROUP BY 1",
             [since] if since is not None else [],
         )

@@ -80,17 +80,17 @@ class LakeLocation:
         return self.data_path.startswith("s3://")
 
     def attach_sql(self, read_only: bool) -> str:
-        options = [f"DATA_PATH {_literal(self.data_path)}"]
+        options = [f"DATA_PATH {sql_literal(self.data_path)}"]
         if self.metadata_schema:
-            options.append(f"METADATA_SCHEMA {_literal(self.metadata_schema)}")
+            options.append(f"METADATA_SCHEMA {sql_literal(self.metadata_schema)}")
         if isinstance(self.at, int):
             options.append(f"SNAPSHOT_VERSION {self.at}")
         elif self.at is not None:
-            options.append(f"SNAPSHOT_TIME {_literal(self.at)}")
+            options.append(f"SNAPSHOT_TIME {sql_literal(self.at)}")
         if read_only or self.at is not None:
             options.append("READ_ONLY")
         source = f"ducklake:postgres:{libpq(self.catalog)}"
-        return f"ATTACH {_literal(source)} AS {LAKE} ({', '.join(options)})"
+        return f"ATTACH {sql_literal(source)} AS {LAKE} ({', '.join(options)})"
 
     def describe(self) -> str:
         """The lake without secrets: the catalog's host, port and database, the data path."""
@@ -181,7 +181,7 @@ def _libpq_value(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _literal(text: str) -> str:
+def sql_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -239,13 +239,13 @@ def _s3_secret(con: duckdb.DuckDBPyConnection, s3: S3Location) -> None:
     persisted, never logged)."""
     parts = [
         "TYPE s3",
-        f"REGION {_literal(s3.region)}",
-        f"URL_STYLE {_literal(s3.url_style)}",
+        f"REGION {sql_literal(s3.region)}",
+        f"URL_STYLE {sql_literal(s3.url_style)}",
         f"USE_SSL {'true' if s3.use_ssl else 'false'}",
     ]
     if s3.endpoint:
-        parts.append(f"ENDPOINT {_literal(s3.endpoint)}")
+        parts.append(f"ENDPOINT {sql_literal(s3.endpoint)}")
     if s3.access_key_id:
-        parts.append(f"KEY_ID {_literal(s3.access_key_id)}")
-        parts.append(f"SECRET {_literal(s3.secret_access_key)}")
+        parts.append(f"KEY_ID {sql_literal(s3.access_key_id)}")
+        parts.append(f"SECRET {sql_literal(s3.secret_access_key)}")
     con.execute(f"CREATE OR REPLACE SECRET astra_lake_s3 ({', '.join(parts)})")

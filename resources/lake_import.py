@@ -5,7 +5,8 @@ The ledger comes with the rows (``ops.ingest_ledger``), so ingest goes on from w
 file's last batch ended, exactly once; the windows, features, scores and their partition
 records come too, so nothing has to be recomputed. The lake's own bookkeeping is not
 copied: the turn tables (``*_turns*``), which only order concurrent writers of the lake.
-Only an empty lake takes an import: rows already there could collide with the file's.
+Only an empty lake takes an import: rows already there (ingested, or written by any
+other command) could collide with the file's, and none is overwritten.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from resources.errors import WarehouseError
-from resources.tables import INGEST_LEDGER, RAW_EVENTS, TABLES
+from resources.lake import sql_literal
+from resources.tables import TABLES, TURN_TABLES
 from resources.warehouse import DuckDBWarehouseResource, WarehouseSession
 
 SOURCE = "duckdb_file"
 """The name the file is attached under, read-only, beside the lake."""
+
+COPIED = tuple(table for table in TABLES if table not in TURN_TABLES)
+"""Every table but the lake's turns (the ingest turns per partition are not in TABLES)."""
 
 
 def import_duckdb_file(warehouse: DuckDBWarehouseResource, path: Path) -> dict[str, int]:
@@ -26,27 +31,25 @@ def import_duckdb_file(warehouse: DuckDBWarehouseResource, path: Path) -> dict[s
     if not path.is_file():
         raise WarehouseError(f"no DuckDB file at {path}")
     warehouse.ensure_schema()
-    literal = "'" + str(path.resolve()).replace("'", "''") + "'"
     # Attached outside the transaction (DuckDB detaches nothing a transaction has used),
     # for the process's DuckDB: the transaction's own connection sees it.
     with warehouse.session() as attach:
         try:
-            attach.execute(f"ATTACH {literal} AS {SOURCE} (READ_ONLY)")
+            attach.execute(f"ATTACH {sql_literal(str(path.resolve()))} AS {SOURCE} (READ_ONLY)")
         except WarehouseError as error:
             reason = str(error).split(" -- while running")[0].splitlines()[0]
             raise WarehouseError(f"cannot read {path} as a DuckDB file: {reason}") from None
         try:
             with warehouse.transaction() as tx:
                 held = tx.scalar(
-                    f"SELECT (SELECT count(*) FROM {RAW_EVENTS}) "
-                    f"+ (SELECT count(*) FROM {INGEST_LEDGER})"
+                    "SELECT " + " + ".join(f"(SELECT count(*) FROM {t})" for t in COPIED)
                 )
                 if held:
                     raise WarehouseError(
-                        f"{warehouse.describe()} already holds ingested rows: import into an "
+                        f"{warehouse.describe()} already holds {held:,} rows: import into an "
                         "empty lake"
                     )
-                copied = {table: _copy(tx, table) for table in TABLES if "_turns" not in table}
+                copied = {table: _copy(tx, table) for table in COPIED}
                 tx.commit_message("astra import-duckdb", f"import of {path}")
         finally:
             attach.execute(f"DETACH {SOURCE}")
@@ -68,6 +71,6 @@ def _copy(tx: WarehouseSession, table: str) -> int | None:
     if found.height == 0:
         return None
     columns = ", ".join(f'"{c}"' for c in found["column_name"])
-    tx.execute(f"DELETE FROM {table}")  # what an empty lake may hold (no ingested rows)
-    tx.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {SOURCE}.{schema}.{name}")
-    return int(tx.scalar(f"SELECT count(*) FROM {table}"))
+    return int(
+        tx.scalar(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {SOURCE}.{schema}.{name}")
+    )

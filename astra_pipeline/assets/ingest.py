@@ -208,7 +208,7 @@ def drain(
                     after_batch(totals)
             else:
                 # Mirror the ledger in the consumer group when there was nothing new: after
-                # a crash between the DuckDB and the Kafka commit this repairs the group.
+                # a crash between the lake's and the Kafka commit this repairs the group.
                 kafka.commit_offsets(
                     config.topic, {p: o for p, o in batch.end_offsets.items() if o}
                 )
@@ -297,15 +297,10 @@ def _ingest_one(
 def _mark_published(warehouse: DuckDBWarehouseResource, dead_letters: pl.DataFrame) -> None:
     """Mark the batch's dead letters published; again when the lake refuses the commit for
     a concurrent writer's rows (marking is idempotent)."""
-    for attempt in range(COMMIT_ATTEMPTS):
-        try:
-            with warehouse.transaction() as tx:
-                mark_dead_letters_published(tx, dead_letters, dt.datetime.now(dt.UTC))
-            return
-        except CommitConflict:
-            if attempt == COMMIT_ATTEMPTS - 1:
-                raise
-            time.sleep(0.02 * 2**attempt * (0.5 + random.random()))
+    warehouse.retrying(
+        lambda tx: mark_dead_letters_published(tx, dead_letters, dt.datetime.now(dt.UTC)),
+        attempts=COMMIT_ATTEMPTS,
+    )
 
 
 def _letters(rows: pl.DataFrame) -> Iterator[DeadLetter]:

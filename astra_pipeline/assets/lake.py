@@ -1,8 +1,8 @@
 """lake_files: the lake's data files, kept few and its history bounded (maintenance).
 
 Materializing it compacts the lake (resources.lake_maintenance) and reports, per table,
-the files before and after, with the snapshots expired and the bytes reclaimed. Only in
-the definitions when the warehouse is a lake. In the writer pool: compaction rewrites
+the files before and after, with the snapshots expired and the bytes reclaimed. In the
+writer pool: compaction rewrites
 files that a window refresh may be deleting from, and of two such commits one is refused.
 """
 

@@ -9,8 +9,9 @@ Checks executed on their own (from the UI, a run without partitions) look at eve
 recorded partition.
 
 Where a check recomputes something from the clean tables it counts only the rows that
-had been ingested when the run read them (``ingested_at <= seen_until``): events that
-arrive later are the next materialization's business, not a defect of this one.
+had been committed when the run read them (the snapshot it recorded,
+``resources.watermark``): events that arrive later are the next materialization's
+business, not a defect of this one.
 """
 
 import datetime as dt
